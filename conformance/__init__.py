@@ -1,0 +1,1 @@
+"""dualcall conformance suite."""

@@ -1,0 +1,37 @@
+"""Runtime settings of a worker, shared by the CLI, the app factory and the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    #: seconds a job may wait for its first reader, and finished jobs are kept for replay
+    job_ttl_s: float = 60.0
+    #: jobs allowed to wait for a generation slot before submit answers 503
+    queue_limit: int = 64
+    #: seconds between ``: keep-alive`` comments on an idle stream
+    keepalive_s: float = 15.0
+    #: bearer token required on job routes; None disables auth
+    auth_token: str | None = None
+    #: largest accepted request body, in bytes
+    max_body_bytes: int = 1_048_576
+    #: max_tokens used when the request has none
+    default_max_tokens: int = 64
+    #: upper bound the worker clamps max_tokens to
+    max_tokens_cap: int = 4096
+    #: Retry-After seconds sent with 503 when the queue is full
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if self.job_ttl_s <= 0:
+            raise ValueError("job TTL must be positive")
+        if self.queue_limit < 0:
+            raise ValueError("queue limit must be >= 0")
+        if self.keepalive_s <= 0:
+            raise ValueError("keep-alive interval must be positive")
+        if not 1 <= self.default_max_tokens <= self.max_tokens_cap:
+            raise ValueError("default max_tokens must be between 1 and the cap")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError("auth token must not be empty")

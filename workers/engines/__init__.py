@@ -1,0 +1,1 @@
+"""Engines plug into the worker core through `workers.engines.base.Engine`."""

@@ -1,0 +1,604 @@
+"""ExLlamaV2 engine: a real model on an NVIDIA GPU, served through the dynamic generator.
+
+Design (the thread bridge)
+--------------------------
+* One dedicated thread (``dualcall-exllamav2``) owns the generator. Nothing else ever touches it.
+* The event loop talks to that thread only through a thread-safe command queue
+  (``submit`` / ``cancel`` / ``stop``); the thread answers each job through that job's own
+  ``asyncio.Queue``, filled with ``loop.call_soon_threadsafe``. No thread per request.
+* The thread blocks on the command queue while the generator holds no job (no spinning); while
+  it holds jobs it drains the commands without blocking, then calls the blocking ``iterate()``.
+* Closing a job's iterator early (DELETE, TTL, shutdown, a task cancel) sends ``cancel``; the
+  thread cancels the job only if the generator still holds it — the race with a job that has
+  just finished is normal and ignored.
+* ``iterate()`` raising fails the jobs it was serving with `EngineError`, the generator is reset
+  and the thread keeps serving; if the reset fails too, or the thread dies, ``health().ok`` is
+  False.
+
+The generator is reached through a small internal protocol, `_Backend`; the real one wraps
+``ExLlamaV2DynamicGenerator``, tests pass ``generator_factory`` returning a fake one. Both share
+all of the bridge code above.
+
+``exllamav2`` and ``torch`` are imported only inside ``start()``: this module imports fine on a
+machine without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from workers.engines.base import (
+    Chunk,
+    EngineError,
+    EngineHealth,
+    EngineUnavailable,
+    GenerationRequest,
+    StopReason,
+)
+
+__all__ = ["ExLlamaV2Engine", "sampler_params", "stop_reason_for"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "exllamav2 is not installed: pip install 'dualcall[exllamav2]'"
+NO_CUDA = "CUDA is not available: the exllamav2 engine needs an NVIDIA GPU"
+
+#: exllamav2's ``eos_reason`` → our ``stop_reason``. We pass only the EOS id as a stop token.
+_EOS_REASONS: dict[str, StopReason] = {
+    "stop_token": "eos",
+    "stop_string": "stop",
+    "max_new_tokens": "max_tokens",
+    "end_filter": "stop",
+}
+
+#: jobs the paged generator runs at once (the cache holds this many full-length sequences)
+PAGED_BATCH = 8
+
+
+def stop_reason_for(eos_reason: object) -> StopReason:
+    """Map an exllamav2 ``eos_reason`` to a contract ``stop_reason`` (unknown → ``"stop"``)."""
+    return _EOS_REASONS.get(str(eos_reason), "stop")
+
+
+def sampler_params(request: GenerationRequest) -> dict[str, Any]:
+    """The sampler settings for a request, as plain data.
+
+    ``{"greedy": True}`` for temperature 0 (exllamav2 divides by the temperature, so greedy is
+    ``Settings.greedy()``: top_k 1); otherwise the fields of ``ExLlamaV2Sampler.Settings`` to
+    set. exllamav2's default repetition penalty (1.025) is switched off so that the parameters
+    mean what the contract says; top_k 0 and top_p 1 disable those filters in exllamav2 too.
+    """
+    if request.temperature <= 0.0:
+        return {"greedy": True}
+    return {
+        "temperature": float(request.temperature),
+        "top_k": int(request.top_k),
+        "top_p": float(request.top_p),
+        "min_p": 0.0,
+        "token_repetition_penalty": 1.0,
+    }
+
+
+def count_tokens(token_ids: object) -> int:
+    """Number of token ids in a result's ``token_ids``: a torch tensor (1, n), a list, …"""
+    if token_ids is None:
+        return 0
+    numel = getattr(token_ids, "numel", None)
+    if callable(numel):
+        return int(numel())
+    if isinstance(token_ids, (list, tuple)):
+        if token_ids and isinstance(token_ids[0], (list, tuple)):
+            return sum(len(row) for row in token_ids)
+        return len(token_ids)
+    try:
+        return len(token_ids)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend seam
+
+
+class _Backend(Protocol):
+    """What the generator thread needs from a generator. Called on the generator thread only.
+
+    ``generator_factory()`` returns one of these (tests use fakes); the real one is
+    `_ExLlamaV2Backend`. Optional attributes read with defaults: ``paged`` (bool),
+    ``flash_attn`` (bool), ``device`` (str), ``max_concurrency`` (int), and ``reset()`` (called
+    after ``iterate()`` raised, to drop whatever the generator still holds).
+    """
+
+    def make_job(self, request: GenerationRequest) -> Any:
+        """A job for the request; raise `EngineError` for a request it cannot serve."""
+
+    def enqueue(self, job: Any) -> None: ...
+
+    def iterate(self) -> list[dict[str, Any]]:
+        """One step; result dicts shaped like ``ExLlamaV2DynamicGenerator.iterate()``'s."""
+
+    def num_remaining_jobs(self) -> int: ...
+
+    def holds(self, job: Any) -> bool:
+        """True while the generator still holds the job (pending or active)."""
+
+    def cancel(self, job: Any) -> None: ...
+
+
+class _ExLlamaV2Backend:
+    """The real backend around ``ExLlamaV2DynamicGenerator`` (classes injected for tests)."""
+
+    def __init__(
+        self,
+        *,
+        generator: Any,
+        tokenizer: Any,
+        settings_cls: Any,
+        job_cls: Any,
+        max_seq_len: int,
+        paged: bool,
+        flash_attn: bool,
+        device: str,
+        max_concurrency: int,
+    ) -> None:
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.settings_cls = settings_cls
+        self.job_cls = job_cls
+        self.max_seq_len = max_seq_len
+        self.paged = paged
+        self.flash_attn = flash_attn
+        self.device = device
+        self.max_concurrency = max_concurrency
+        self.eos_token_id = int(tokenizer.eos_token_id)
+
+    def make_job(self, request: GenerationRequest) -> Any:
+        input_ids = self.tokenizer.encode(request.prompt, add_bos=True)
+        prompt_len = int(input_ids.shape[-1])
+        if prompt_len + request.max_tokens > self.max_seq_len:
+            raise EngineError(
+                f"prompt ({prompt_len} tokens) + max_tokens ({request.max_tokens}) exceeds the "
+                f"model context of {self.max_seq_len} tokens",
+                code="context_length_exceeded",
+            )
+        params = sampler_params(request)
+        if params.pop("greedy", False):
+            settings = self.settings_cls.greedy()
+        else:
+            settings = self.settings_cls(**params)
+        return self.job_cls(
+            input_ids=input_ids,
+            max_new_tokens=request.max_tokens,
+            gen_settings=settings,
+            seed=request.seed,
+            stop_conditions=[self.eos_token_id, *request.stop],
+            decode_special_tokens=False,
+        )
+
+    def enqueue(self, job: Any) -> None:
+        self.generator.enqueue(job)
+
+    def iterate(self) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = self.generator.iterate()
+        return results
+
+    def num_remaining_jobs(self) -> int:
+        return int(self.generator.num_remaining_jobs())
+
+    def holds(self, job: Any) -> bool:
+        gen = self.generator
+        return any(j is job for j in gen.pending_jobs) or any(j is job for j in gen.active_jobs)
+
+    def cancel(self, job: Any) -> None:
+        self.generator.cancel(job)
+
+    def reset(self) -> None:
+        self.generator.clear_queue()
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread bridge
+
+
+@dataclass(eq=False)
+class _Handle:
+    """One job as the bridge sees it: where its results go, and its generator job."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Chunk | BaseException]
+    ident: int
+    job: Any = None
+    tokens: int = 0
+
+
+@dataclass
+class _State:
+    live: dict[int, _Handle] = field(default_factory=dict)  # id(job) → handle
+    by_ident: dict[int, _Handle] = field(default_factory=dict)
+
+
+_SUBMIT, _CANCEL, _STOP = "submit", "cancel", "stop"
+
+
+class ExLlamaV2Engine:
+    """Serves jobs with an ExLlamaV2 model; see the module docstring for the design."""
+
+    name = "exllamav2"
+    deterministic = False
+
+    #: health() reports not-ok when one iterate() call has run longer than this (a hung GPU)
+    stall_timeout_s: float = 60.0
+    #: how often a waiting iterator checks that the generator thread is still alive
+    poll_interval_s: float = 1.0
+    #: how long close() waits for the generator thread
+    join_timeout_s: float = 10.0
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        max_seq_len: int = 2048,
+        generator_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.model = self.model_dir.name or str(model_dir)
+        self.max_seq_len = int(max_seq_len)
+        self.max_concurrency = 1
+        self._factory = generator_factory
+        self._backend: Any = None
+        self._commands: queue.SimpleQueue[tuple[str, _Handle | None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ids = itertools.count(1)
+        self._state = _State()
+        self._broken: str | None = None  # set when the generator cannot recover
+        self._closing = False
+        self._iterate_since: float | None = None
+        self._info: dict[str, object] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self._factory is not None:
+            backend = self._factory()
+        else:
+            self._check_model_dir()
+            backend = await asyncio.to_thread(self._load)
+        self._backend = backend
+        paged = bool(getattr(backend, "paged", False))
+        self.max_concurrency = int(getattr(backend, "max_concurrency", 0) or 1) if paged else 1
+        self._info = {
+            "mode": "paged" if paged else "unpaged",
+            "flash_attn": bool(getattr(backend, "flash_attn", False)),
+            "device": str(getattr(backend, "device", "unknown")),
+            "max_seq_len": self.max_seq_len,
+        }
+        self._thread = threading.Thread(target=self._run, name="dualcall-exllamav2", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._closing = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._commands.put((_STOP, None))
+        await asyncio.to_thread(thread.join, self.join_timeout_s)
+        if thread.is_alive():
+            log.warning("exllamav2 generator thread did not stop within %.0f s", self.join_timeout_s)
+
+    def health(self) -> EngineHealth:
+        extra = dict(self._info)
+        extra["jobs"] = len(self._state.live)
+        if self._thread is None:
+            return EngineHealth(ok=False, detail="not started", extra=extra)
+        if self._closing:
+            return EngineHealth(ok=False, detail="shutting down", extra=extra)
+        if not self._thread.is_alive():
+            return EngineHealth(ok=False, detail="generator thread died", extra=extra)
+        if self._broken is not None:
+            return EngineHealth(ok=False, detail=self._broken, extra=extra)
+        since = self._iterate_since
+        if since is not None and time.monotonic() - since > self.stall_timeout_s:
+            stalled = f"generator stalled: one step running for {time.monotonic() - since:.0f} s"
+            return EngineHealth(ok=False, detail=stalled, extra=extra)
+        return EngineHealth(ok=True, extra=extra)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self._check_can_serve()
+        handle = _Handle(
+            request=request,
+            loop=asyncio.get_running_loop(),
+            out=asyncio.Queue(),
+            ident=next(self._ids),
+        )
+        self._commands.put((_SUBMIT, handle))
+        done = False
+        try:
+            while True:
+                item = await self._next(handle)
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                if item.stop_reason is not None:
+                    done = True
+                    yield item
+                    return
+                yield item
+        finally:
+            if not done:
+                # consumer went away (aclose / task cancel): cancel on the generator thread
+                self._commands.put((_CANCEL, handle))
+
+    async def _next(self, handle: _Handle) -> Chunk | BaseException:
+        try:
+            return handle.out.get_nowait()  # the common case while streaming: no timer
+        except asyncio.QueueEmpty:
+            pass
+        while True:
+            try:
+                return await asyncio.wait_for(handle.out.get(), self.poll_interval_s)
+            except TimeoutError:
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    # the thread died (or stopped) without answering this job
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        return handle.out.get_nowait()
+                    return EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+
+    def _check_can_serve(self) -> None:
+        if self._thread is None:
+            raise EngineError("the exllamav2 engine is not started", code="engine_unavailable")
+        if self._closing:
+            raise EngineError("the exllamav2 engine is shutting down", code="shutdown")
+        if not self._thread.is_alive():
+            raise EngineError("the exllamav2 generator thread died", code="engine_unavailable")
+        if self._broken is not None:
+            raise EngineError(self._broken, code="engine_unavailable")
+
+    # -- the generator thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the thread dies: fail everything it held
+            log.exception("exllamav2 generator thread died")
+            self._fail_all(EngineError(f"generator thread died: {exc}", code="engine_unavailable"))
+            raise
+
+    def _serve(self) -> None:
+        backend = self._backend
+        while True:
+            idle = not self._state.live and backend.num_remaining_jobs() == 0
+            if idle:
+                commands = [self._commands.get()]  # blocks: no spinning while idle
+            else:
+                commands = []
+            while True:
+                try:
+                    commands.append(self._commands.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, handle in commands:
+                if kind == _STOP:
+                    self._shutdown_jobs()
+                    return
+                assert handle is not None
+                if kind == _SUBMIT:
+                    self._submit(handle)
+                else:
+                    self._cancel(handle)
+            if not self._state.live and backend.num_remaining_jobs() == 0:
+                continue
+            self._step()
+
+    def _submit(self, handle: _Handle) -> None:
+        if self._broken is not None:
+            self._deliver(handle, EngineError(self._broken, code="engine_unavailable"))
+            return
+        try:
+            job = self._backend.make_job(handle.request)
+            self._backend.enqueue(job)
+        except EngineError as exc:
+            self._deliver(handle, exc)
+            return
+        except Exception as exc:
+            self._deliver(handle, EngineError(f"could not start the job: {_one_line(exc)}"))
+            return
+        handle.job = job
+        self._state.live[id(job)] = handle
+        self._state.by_ident[handle.ident] = handle
+
+    def _cancel(self, handle: _Handle) -> None:
+        # Only jobs we still track and the generator still holds; a job that finished in the
+        # meantime is the normal race and needs nothing.
+        if self._state.by_ident.get(handle.ident) is not handle:
+            return
+        self._forget(handle)
+        self._cancel_job(handle.job)
+
+    def _cancel_job(self, job: Any) -> None:
+        backend = self._backend
+        try:
+            if backend.holds(job):
+                backend.cancel(job)
+        except Exception:  # e.g. AssertionError for a job that finished meanwhile
+            log.debug("cancel of a job the generator no longer holds", exc_info=True)
+
+    def _forget(self, handle: _Handle) -> None:
+        self._state.live.pop(id(handle.job), None)
+        self._state.by_ident.pop(handle.ident, None)
+
+    def _step(self) -> None:
+        self._iterate_since = time.monotonic()
+        try:
+            results = self._backend.iterate()
+        except Exception as exc:
+            self._iterate_since = None
+            self._recover(exc)
+            return
+        self._iterate_since = None
+        for result in results:
+            self._route(result)
+
+    def _route(self, result: dict[str, Any]) -> None:
+        if result.get("stage") != "streaming":
+            return
+        handle = self._state.live.get(id(result.get("job")))
+        if handle is None:  # cancelled meanwhile
+            return
+        text = str(result.get("text") or "")
+        tokens = count_tokens(result.get("token_ids"))
+        stop: StopReason | None = None
+        if result.get("eos"):
+            stop = stop_reason_for(result.get("eos_reason"))
+            held = result.get("held")
+            if stop == "eos" and isinstance(held, dict):
+                # on a stop token exllamav2 leaves the held-back tail (incomplete UTF-8 and the
+                # EOS token itself) in "held"
+                text += str(held.get("text") or "")
+                tokens += count_tokens(held.get("token_ids"))
+            new_tokens = result.get("new_tokens")
+            if isinstance(new_tokens, int) and new_tokens >= handle.tokens:
+                tokens = new_tokens - handle.tokens  # the generator's own total wins
+            self._forget(handle)
+        if not text and not tokens and stop is None:
+            return
+        handle.tokens += tokens
+        self._deliver(handle, Chunk(text=text, tokens=tokens, stop_reason=stop))
+
+    def _recover(self, exc: Exception) -> None:
+        log.error("exllamav2 iterate() failed: %s", _one_line(exc), exc_info=exc)
+        self._fail_all(EngineError(f"generation failed: {_one_line(exc)}"))
+        reset = getattr(self._backend, "reset", None)
+        try:
+            if callable(reset):
+                reset()
+        except Exception as reset_exc:
+            self._broken = f"generator cannot recover: {_one_line(reset_exc)}"
+            return
+        if "CUDA error" in str(exc):
+            self._broken = f"GPU error: {_one_line(exc)}"
+
+    def _fail_all(self, error: EngineError) -> None:
+        handles = list(self._state.by_ident.values())
+        for handle in handles:
+            self._forget(handle)
+            with contextlib.suppress(Exception):
+                self._cancel_job(handle.job)
+            self._deliver(handle, error)
+
+    def _shutdown_jobs(self) -> None:
+        self._fail_all(EngineError("the worker is shutting down", code="shutdown"))
+
+    @staticmethod
+    def _deliver(handle: _Handle, item: Chunk | BaseException) -> None:
+        try:
+            handle.loop.call_soon_threadsafe(handle.out.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            pass
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _check_model_dir(self) -> None:
+        d = self.model_dir
+        if not d.exists():
+            raise EngineUnavailable(f"model directory {d} does not exist")
+        if not d.is_dir():
+            raise EngineUnavailable(f"model directory {d} is not a directory")
+        config = d / "config.json"
+        if not config.is_file():
+            raise EngineUnavailable(f"model directory {d} has no config.json")
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise EngineUnavailable(f"{config} is unreadable: {_one_line(exc)}") from None
+        try:
+            has_weights = any(d.glob("*.safetensors"))
+        except OSError as exc:
+            raise EngineUnavailable(f"model directory {d} is unreadable: {_one_line(exc)}") from None
+        if not has_weights:
+            raise EngineUnavailable(f"model directory {d} has no *.safetensors weights")
+
+    def _load(self) -> _ExLlamaV2Backend:
+        try:
+            import torch  # type: ignore[import-not-found]
+        except ImportError:
+            raise EngineUnavailable(INSTALL_HINT) from None
+        if not torch.cuda.is_available():
+            raise EngineUnavailable(NO_CUDA)
+        try:
+            import exllamav2  # type: ignore[import-not-found]
+            from exllamav2 import attn as exl_attn  # type: ignore[import-not-found]
+            from exllamav2.generator import (  # type: ignore[import-not-found]
+                ExLlamaV2DynamicGenerator,
+                ExLlamaV2DynamicJob,
+                ExLlamaV2Sampler,
+            )
+        except ImportError:
+            raise EngineUnavailable(INSTALL_HINT) from None
+        except Exception as exc:  # e.g. the CUDA extension failed to build
+            raise EngineUnavailable(f"exllamav2 failed to import: {_one_line(exc)}") from None
+
+        paged = bool(getattr(exl_attn, "has_flash_attn_with_paged", False))
+        flash = bool(getattr(exl_attn, "has_flash_attn", False))
+        seq_len = max(256, math.ceil(self.max_seq_len / 256) * 256)
+        try:
+            config = exllamav2.ExLlamaV2Config(str(self.model_dir))
+            if not flash:
+                # torch-SDPA gives wrong prefill without flash-attn (see docs/gpu.md)
+                config.no_sdpa = True
+            config.max_seq_len = seq_len
+            model = exllamav2.ExLlamaV2(config)
+            cache = exllamav2.ExLlamaV2Cache(model, max_seq_len=seq_len * (PAGED_BATCH if paged else 1), lazy=True)
+            model.load_autosplit(cache, progress=False)
+            tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
+            if paged:
+                generator = ExLlamaV2DynamicGenerator(
+                    model=model,
+                    cache=cache,
+                    tokenizer=tokenizer,
+                    max_batch_size=PAGED_BATCH,
+                    paged=True,
+                )
+            else:
+                generator = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=False)
+            generator.warmup()
+            device = str(torch.cuda.get_device_name(0))
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            raise EngineUnavailable(f"could not load the model from {self.model_dir}: {_one_line(exc)}") from None
+        self.max_seq_len = seq_len
+        return _ExLlamaV2Backend(
+            generator=generator,
+            tokenizer=tokenizer,
+            settings_cls=ExLlamaV2Sampler.Settings,
+            job_cls=ExLlamaV2DynamicJob,
+            max_seq_len=seq_len,
+            paged=paged,
+            flash_attn=flash,
+            device=device,
+            max_concurrency=PAGED_BATCH if paged else 1,
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,0 +1,63 @@
+"""Run an app under uvicorn on a socket we bind ourselves (so ``--port 0`` reports the real port)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from litestar import Litestar
+
+
+class _Server(uvicorn.Server):
+    """Ends open streams (``error`` event, ``[DONE]``) as soon as a shutdown signal arrives.
+
+    uvicorn waits for open responses before running the app's shutdown hooks, so a stream that
+    is still generating would otherwise hold shutdown for its whole graceful timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        registry = getattr(self._app.state, "registry", None)
+        if registry is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(registry.begin_shutdown)
+        super().handle_exit(sig, frame)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(app: Litestar, sock: socket.socket, *, banner: str, access_log: bool = False, **extra: Any) -> None:
+    config = uvicorn.Config(
+        app,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+        **extra,
+    )
+    print(banner, flush=True)
+    _Server(config, app).run(sockets=[sock])
+    print("dualcall worker stopped", file=sys.stderr, flush=True)
