@@ -1,1 +1,3 @@
-"""dualcall conformance suite."""
+"""dualcall conformance suite: gate any worker URL against the dual-call streaming contract."""
+
+__version__ = "0.1.0"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, route
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException
@@ -68,9 +68,19 @@ def _registry(request: Request[Any, Any, Any]) -> JobRegistry:
 # -- request parsing --------------------------------------------------------------------------
 
 
+#: fields typed `integer` in the contract; JSON Schema counts 5.0 as an integer, msgspec does not
+_INTEGER_FIELDS: Final = ("max_tokens", "top_k", "seed")
+
+
 def _decode_request(body: bytes) -> InferenceRequest:
     try:
-        return msgspec.json.decode(body, type=InferenceRequest)
+        raw = msgspec.json.decode(body)
+        if isinstance(raw, dict):
+            for name in _INTEGER_FIELDS:
+                value = raw.get(name)
+                if isinstance(value, float) and value.is_integer():
+                    raw[name] = int(value)
+        return msgspec.convert(raw, type=InferenceRequest)
     except msgspec.ValidationError as exc:
         message = str(exc)
         unknown = _UNKNOWN_FIELD.search(message)
@@ -115,7 +125,7 @@ def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> Generati
 
 
 def _parse_last_event_id(value: str | None) -> int | None:
-    if value is None or value == "":
+    if value is None:
         return None
     if not value.isascii() or not value.isdigit():
         raise ProblemException(400, "invalid-last-event-id", "Last-Event-ID must be a non-negative integer event id.")
@@ -212,6 +222,15 @@ async def cancel(request: Request[Any, Any, Any], job_id: str) -> Response[JobSt
     return Response(job_status(job), status_code=202)
 
 
+@route(SUBMIT_PATH + "/{job_id:str}", http_method=["OPTIONS"], status_code=204, include_in_schema=False)
+async def job_options() -> Response[None]:
+    """Litestar's implicit OPTIONS handler only lists the methods of the first handler on a path.
+
+    Registered before `status` and `cancel`, so Litestar adds no implicit one for this path.
+    """
+    return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
+
+
 @get("/health")
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     registry = _registry(request)
@@ -284,7 +303,7 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         await engine.close()
 
     app = Litestar(
-        route_handlers=[submit, stream, status, cancel, health, metrics, openapi_yaml, openapi_json, docs],
+        route_handlers=[submit, stream, job_options, status, cancel, health, metrics, openapi_yaml, openapi_json, docs],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={HTTPException: handle_http_exception, Exception: handle_unexpected},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -187,7 +188,14 @@ class JobRegistry:
         self._queued += 1
         self.counters["jobs_submitted"] += 1
         job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"dualcall-job-{job.id}")
+        job.task.add_done_callback(functools.partial(self._task_done, job))
         return job
+
+    def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never enters `_run`, so its handler cannot run."""
+        if task.cancelled() and not job.finished:
+            self._queued -= 1
+            self._end_cancelled(job)
 
     def get(self, job_id: str) -> Job:
         try:

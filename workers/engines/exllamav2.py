@@ -174,10 +174,8 @@ class _ExLlamaV2Backend:
                 code="context_length_exceeded",
             )
         params = sampler_params(request)
-        if params.pop("greedy", False):
-            settings = self.settings_cls.greedy()
-        else:
-            settings = self.settings_cls(**params)
+        greedy = params.pop("greedy", False)
+        settings = self.settings_cls.greedy() if greedy else self.settings_cls(**params)
         return self.job_cls(
             input_ids=input_ids,
             max_new_tokens=request.max_tokens,
@@ -376,19 +374,16 @@ class ExLlamaV2Engine:
     def _run(self) -> None:
         try:
             self._serve()
-        except BaseException as exc:  # the thread dies: fail everything it held
-            log.exception("exllamav2 generator thread died")
-            self._fail_all(EngineError(f"generator thread died: {exc}", code="engine_unavailable"))
-            raise
+        except BaseException as exc:  # the thread dies: fail what it held; health() says so
+            log.critical("exllamav2 generator thread died", exc_info=exc)
+            self._fail_all(EngineError(f"generator thread died: {_one_line(exc)}", code="engine_unavailable"))
 
     def _serve(self) -> None:
         backend = self._backend
         while True:
             idle = not self._state.live and backend.num_remaining_jobs() == 0
-            if idle:
-                commands = [self._commands.get()]  # blocks: no spinning while idle
-            else:
-                commands = []
+            # idle: block on the command queue (no spinning); busy: only drain it
+            commands = [self._commands.get()] if idle else []
             while True:
                 try:
                     commands.append(self._commands.get_nowait())
@@ -508,10 +503,8 @@ class ExLlamaV2Engine:
 
     @staticmethod
     def _deliver(handle: _Handle, item: Chunk | BaseException) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody listens
             handle.loop.call_soon_threadsafe(handle.out.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-            pass
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -537,15 +530,15 @@ class ExLlamaV2Engine:
 
     def _load(self) -> _ExLlamaV2Backend:
         try:
-            import torch  # type: ignore[import-not-found]
+            import torch  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
             raise EngineUnavailable(INSTALL_HINT) from None
         if not torch.cuda.is_available():
             raise EngineUnavailable(NO_CUDA)
         try:
-            import exllamav2  # type: ignore[import-not-found]
-            from exllamav2 import attn as exl_attn  # type: ignore[import-not-found]
-            from exllamav2.generator import (  # type: ignore[import-not-found]
+            import exllamav2  # type: ignore[import-not-found, unused-ignore]
+            from exllamav2 import attn as exl_attn  # type: ignore[import-not-found, unused-ignore]
+            from exllamav2.generator import (  # type: ignore[import-not-found, unused-ignore]
                 ExLlamaV2DynamicGenerator,
                 ExLlamaV2DynamicJob,
                 ExLlamaV2Sampler,

@@ -1,0 +1,5 @@
+"""``python -m conformance URL``."""
+
+from conformance.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""DC-2.13 / DC-2.14: generation parameters."""
+
+from __future__ import annotations
+
+import json
+
+from conformance.checks import CheckFailed, CheckSkipped, check
+from conformance.context import Context, event_data
+
+
+def _completion(ctx: Context, **overrides: object) -> tuple[str, dict[str, object]]:
+    job = ctx.submit(ctx.body(**overrides))
+    capture = ctx.stream_of(job)
+    ends = event_data(capture, "end")
+    if not ends:
+        errors = event_data(capture, "error")
+        raise CheckFailed(f"the job did not end with an end event ({errors[0] if errors else 'no terminal event'})")
+    return "".join(capture.token_texts()), ends[0]
+
+
+@check("DC-PARAM-001", rule="DC-2.13", level="MUST", title="max_tokens is honoured", area="params")
+def max_tokens_honoured(ctx: Context) -> str:
+    text, end = _completion(ctx, max_tokens=5)
+    tokens_out = end.get("tokens_out")
+    if not isinstance(tokens_out, int) or tokens_out > 5:
+        raise CheckFailed(f"max_tokens 5 produced tokens_out {tokens_out!r}")
+    if tokens_out == 5 and end.get("stop_reason") != "max_tokens":
+        raise CheckFailed(f"5 of 5 tokens generated but stop_reason is {end.get('stop_reason')!r}, not 'max_tokens'")
+    return f"tokens_out {tokens_out}, stop_reason {end.get('stop_reason')}"
+
+
+@check(
+    "DC-PARAM-002",
+    rule="DC-2.13",
+    level="MUST",
+    title="stop strings end generation before the stop string, with stop_reason `stop`",
+    area="params",
+)
+def stop_honoured(ctx: Context) -> str:
+    """Greedy text is generated once; a piece of its middle becomes the stop string of a second run."""
+    text, _ = _completion(ctx, max_tokens=48)
+    candidates = [text[i : i + 3] for i in range(len(text) // 3, len(text) - 3)]
+    stop = next((piece for piece in candidates if piece.strip() and piece in text[len(text) // 3 :]), None)
+    if not stop:
+        raise CheckSkipped(f"the greedy completion is too short to pick a stop string from ({text!r})")
+    expected = text[: text.index(stop)]
+    stopped, end = _completion(ctx, max_tokens=48, stop=[stop])
+    if stop in stopped:
+        raise CheckFailed(f"the text contains the stop string {stop!r}", f"text: {stopped!r}")
+    if end.get("stop_reason") != "stop":
+        raise CheckFailed(f"stop string {stop!r} occurred but stop_reason is {end.get('stop_reason')!r}")
+    if stopped != expected:
+        raise CheckFailed(
+            f"with stop {stop!r} the text is not the greedy text cut before the stop string",
+            f"expected: {expected!r}",
+            f"received: {stopped!r}",
+        )
+    return f"stopped before {stop!r} after {len(stopped)} characters"
+
+
+@check(
+    "DC-PARAM-003",
+    rule="DC-2.14",
+    level="SHOULD",
+    title="the same prompt, parameters and seed give the same tokens (MUST when /health says deterministic)",
+    area="params",
+    level_for=lambda ctx: "MUST" if ctx.deterministic else "SHOULD",
+)
+def deterministic(ctx: Context) -> str:
+    runs = [
+        ("seeded sampling", {"temperature": 0.8, "top_p": 0.9, "top_k": 20, "seed": 1234, "max_tokens": 32}),
+        ("greedy", {"temperature": 0, "max_tokens": 32}),
+    ]
+    for label, params in runs:
+        first, _ = _completion(ctx, **params)
+        second, _ = _completion(ctx, **params)
+        if first != second:
+            raise CheckFailed(
+                f"{label}: the same request gave different texts",
+                f"parameters: {json.dumps(params)}",
+                f"first:  {first[:120]!r}",
+                f"second: {second[:120]!r}",
+            )
+    return "seeded and greedy runs repeat exactly"

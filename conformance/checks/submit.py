@@ -1,0 +1,220 @@
+"""DC-1: submitting a job."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import httpx
+
+from conformance.checks import CheckFailed, check
+from conformance.checks.problems import expect_problem
+from conformance.context import Context
+
+_URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+_HEX = set("0123456789abcdefABCDEF")
+#: ids sampled to estimate randomness
+ID_SAMPLES = 8
+MIN_RANDOM_BITS = 122
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+@check(
+    "DC-SUBMIT-001",
+    rule="DC-1.2",
+    level="MUST",
+    title="POST /v1/inference answers 202 application/json {job_id, sse_url}",
+    area="submit",
+)
+def submit_accepted(ctx: Context) -> str:
+    """A valid job is accepted at once with a small JSON hand-off, not with the stream itself."""
+    response = ctx.probe.submit(ctx.body())
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" in content_type:
+        raise CheckFailed(
+            f"POST answered {response.status_code} {content_type}: the stream itself instead of a job hand-off "
+            "(legacy direct-SSE shape)"
+        )
+    if response.status_code != 202:
+        raise CheckFailed(f"POST answered {response.status_code}, expected 202 Accepted")
+    if not content_type.startswith("application/json"):
+        raise CheckFailed(f"202 body has Content-Type {content_type!r}, expected application/json")
+    body = _json(response)
+    if not isinstance(body, dict):
+        raise CheckFailed("202 body is not a JSON object")
+    missing = [name for name in ("job_id", "sse_url") if not isinstance(body.get(name), str) or not body.get(name)]
+    if missing:
+        raise CheckFailed(f"202 body lacks string field(s) {', '.join(missing)}")
+    return f"202 with job_id and sse_url in {response.elapsed.total_seconds() * 1000:.0f} ms"
+
+
+@check("DC-SUBMIT-002", rule="DC-1.2", level="MUST", title="Location header equals sse_url", area="submit")
+def location_header(ctx: Context) -> str:
+    job = ctx.submit()
+    location = job.response.headers.get("location")
+    sse_url = job.response.json()["sse_url"]
+    if location is None:
+        raise CheckFailed("202 response has no Location header", f"sse_url is {sse_url!r}")
+    if location != sse_url:
+        raise CheckFailed(f"Location {location!r} differs from sse_url {sse_url!r}")
+    return f"Location: {location}"
+
+
+def estimate_random_bits(ids: list[str]) -> float:
+    """Bits that vary across samples: varying positions x bits per character of the alphabet."""
+    width = min(len(job_id) for job_id in ids)
+    varying = sum(1 for position in range(width) if len({job_id[position] for job_id in ids}) > 1)
+    hexadecimal = all(set(job_id) <= _HEX | {"-"} for job_id in ids)
+    return varying * (4.0 if hexadecimal else math.log2(64))
+
+
+@check(
+    "DC-SUBMIT-003",
+    rule="DC-1.3",
+    level="MUST",
+    title="job ids are server-generated, unique, URL-safe and unguessable (>=122 random bits)",
+    area="submit",
+)
+def unguessable_ids(ctx: Context) -> str:
+    """Sampled ids must differ, use only [A-Za-z0-9_-], and vary in enough positions to hold 122 random bits."""
+    ids = [ctx.submit().job_id for _ in range(ID_SAMPLES)]
+    for job_id in ids:
+        if not _URL_SAFE.match(job_id):
+            raise CheckFailed(f"job_id {job_id!r} has characters outside [A-Za-z0-9_-]")
+    if len(set(ids)) != len(ids):
+        raise CheckFailed("the worker handed out the same job_id twice", f"ids: {ids}")
+    if all(job_id.isdigit() for job_id in ids):
+        raise CheckFailed("job ids are plain numbers: guessable", f"ids: {ids}")
+    bits = estimate_random_bits(ids)
+    if bits < MIN_RANDOM_BITS:
+        raise CheckFailed(
+            f"job ids look guessable: only ~{bits:.0f} bits vary across {len(ids)} ids (need >= {MIN_RANDOM_BITS})",
+            f"ids: {ids}",
+        )
+    return f"{len(ids)} distinct ids, ~{bits:.0f} varying bits each"
+
+
+@check(
+    "DC-SUBMIT-004",
+    rule="DC-1.4",
+    level="MUST",
+    title="a client-chosen job_id is rejected with 422 saying the server assigns ids",
+    area="submit",
+)
+def client_job_id_rejected(ctx: Context) -> str:
+    client_id = "client-chosen-job-001"
+    response = ctx.probe.submit(ctx.body(job_id=client_id))
+    body = _json(response)
+    if response.status_code < 300 and isinstance(body, dict) and body.get("job_id") == client_id:
+        raise CheckFailed(f"the worker honoured the client's job_id {client_id!r} (answered {response.status_code})")
+    if response.status_code < 300 or "text/event-stream" in response.headers.get("content-type", ""):
+        raise CheckFailed(f"a body with job_id was accepted ({response.status_code}); it must be rejected with 422")
+    problem = expect_problem(response, 422)
+    detail = f"{problem.get('detail', '')} {problem.get('title', '')}".lower()
+    if "server" not in detail or not ("job_id" in detail or "job id" in detail):
+        raise CheckFailed(
+            "the 422 does not tell the client that the server assigns job ids",
+            f"detail: {problem.get('detail')!r}",
+        )
+    return "422 explains that the server assigns job ids"
+
+
+@check("DC-SUBMIT-005", rule="DC-1.4", level="MUST", title="an unknown field is rejected with 422", area="submit")
+def unknown_field_rejected(ctx: Context) -> str:
+    response = ctx.probe.submit(ctx.body(temprature=0.5))
+    expect_problem(response, 422)
+    return "422 for the misspelt field `temprature`"
+
+
+@check("DC-SUBMIT-006", rule="DC-1.5", level="MUST", title="malformed JSON answers 400 problem", area="submit")
+def malformed_json(ctx: Context) -> str:
+    response = ctx.probe.request(
+        "POST", ctx.probe.submit_url, content=b'{"prompt": "unterminated', headers={"Content-Type": "application/json"}
+    )
+    expect_problem(response, 400)
+    return "400 problem+json"
+
+
+@check("DC-SUBMIT-007", rule="DC-1.5", level="MUST", title="a non-JSON content type answers 415 problem", area="submit")
+def wrong_content_type(ctx: Context) -> str:
+    response = ctx.probe.request(
+        "POST",
+        ctx.probe.submit_url,
+        content=b"prompt=hello",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    expect_problem(response, 415)
+    return "415 problem+json"
+
+
+INVALID_BODIES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("prompt missing", {"max_tokens": 4}),
+    ("prompt not a string", {"prompt": 42}),
+    ("empty prompt", {"prompt": ""}),
+    ("max_tokens 0", {"prompt": "x", "max_tokens": 0}),
+    ("max_tokens not an integer", {"prompt": "x", "max_tokens": "ten"}),
+    ("negative temperature", {"prompt": "x", "temperature": -1}),
+    ("top_p 0", {"prompt": "x", "top_p": 0}),
+    ("top_p above 1", {"prompt": "x", "top_p": 1.5}),
+    ("negative top_k", {"prompt": "x", "top_k": -1}),
+    ("seed not an integer", {"prompt": "x", "seed": "abc"}),
+    ("five stop strings", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+    ("empty stop string", {"prompt": "x", "stop": [""]}),
+    ("body is a list", ["prompt"]),  # type: ignore[dict-item]
+)
+
+
+@check("DC-SUBMIT-008", rule="DC-1.5", level="MUST", title="invalid field values answer 422 problem", area="submit")
+def invalid_values(ctx: Context) -> str:
+    wrong: list[str] = []
+    for label, body in INVALID_BODIES:
+        response = ctx.probe.request("POST", ctx.probe.submit_url, json_body=body)
+        try:
+            expect_problem(response, 422)
+        except CheckFailed as exc:
+            wrong.append(f"{label}: {exc.message}")
+    if wrong:
+        raise CheckFailed(f"{len(wrong)} of {len(INVALID_BODIES)} invalid bodies were not answered 422", *wrong)
+    return f"{len(INVALID_BODIES)} invalid bodies each answered 422"
+
+
+@check("DC-SUBMIT-009", rule="DC-1.5", level="MUST", title="an oversized body answers 413 problem", area="submit")
+def body_too_large(ctx: Context) -> str:
+    size = 4 * 1024 * 1024
+    payload = b'{"prompt": "' + b"a" * size + b'"}'
+    response = ctx.probe.request(
+        "POST", ctx.probe.submit_url, content=payload, headers={"Content-Type": "application/json"}
+    )
+    expect_problem(response, 413)
+    return f"413 for a {size // (1024 * 1024)} MiB body"
+
+
+@check(
+    "DC-SUBMIT-010",
+    rule="DC-1.7",
+    level="MUST",
+    title="sse_url is a URI reference that resolves, against the POST URL, to the job's stream",
+    area="submit",
+)
+def sse_url_resolves(ctx: Context) -> str:
+    """Clients follow sse_url (relative or absolute, maybe on another host); it must lead to the stream."""
+    job = ctx.submit()
+    raw = job.response.json()["sse_url"]
+    try:
+        parsed = httpx.URL(job.sse_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise CheckFailed(f"sse_url {raw!r} is not a valid URI reference: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise CheckFailed(f"sse_url {raw!r} resolves to {job.sse_url!r}, not an http(s) URL")
+    capture = ctx.stream_of(job)
+    if "text/event-stream" not in capture.content_type:
+        raise CheckFailed(f"sse_url {raw!r} resolved to {job.sse_url} which is not an event stream")
+    kind = "absolute" if httpx.URL(raw).is_absolute_url else "relative"
+    return f"{kind} reference {raw!r} -> {job.sse_url}"

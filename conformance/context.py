@@ -1,0 +1,149 @@
+"""What a check gets: the recording probe, the options, and results shared between checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+
+from conformance.checks import CheckFailed, CheckSkipped
+from conformance.client import SUBMIT_PATH, resolve
+from conformance.model import Diagnosis
+from conformance.probe import Probe, StreamCapture
+
+PROMPT: Final = "dualcall conformance probe: tell a short story about a worker bee."
+#: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
+SHORT_MAX_TOKENS: Final = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    timeout_s: float = 10.0
+    #: longest job TTL the suite waits out to observe reclaim
+    ttl_budget_s: float = 6.0
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    sse_url: str
+    status_url: str
+    body: dict[str, Any]
+    response: httpx.Response
+
+
+@dataclass
+class Context:
+    probe: Probe
+    options: Options
+    _health: dict[str, Any] | None = None
+    _health_fetched: bool = False
+    _reference: tuple[Job, StreamCapture] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.probe.base_url
+
+    # -- worker facts ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any] | None:
+        """The worker's /health body when it is JSON, else None (cached)."""
+        if not self._health_fetched:
+            self._health_fetched = True
+            try:
+                response = self.probe.request("GET", self.base_url + "/health", auth=False)
+                body = response.json()
+                self._health = body if isinstance(body, dict) else None
+            except (httpx.HTTPError, ValueError):
+                self._health = None
+        return self._health
+
+    @property
+    def deterministic(self) -> bool:
+        health = self.health() or {}
+        return health.get("deterministic") is True
+
+    @property
+    def max_tokens_cap(self) -> int:
+        health = self.health() or {}
+        cap = health.get("max_tokens_cap")
+        return cap if isinstance(cap, int) and cap > 0 else 4096
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def body(self, **overrides: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"prompt": PROMPT, "max_tokens": SHORT_MAX_TOKENS, "temperature": 0}
+        body.update(overrides)
+        return body
+
+    def submit(self, body: dict[str, Any] | None = None) -> Job:
+        """Submit a job the dual-call way; skips the check when the worker cannot do that."""
+        body = body or self.body()
+        response = self.probe.submit(body)
+        if response.status_code != 202:
+            raise CheckSkipped(
+                f"needs a dual-call submission, but POST {SUBMIT_PATH} answered {response.status_code} "
+                f"{response.headers.get('content-type', '')} (see DC-SUBMIT-001)"
+            )
+        try:
+            data = response.json()
+            job_id, sse_url = data["job_id"], data["sse_url"]
+            if not isinstance(job_id, str) or not isinstance(sse_url, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise CheckSkipped("needs a dual-call submission, but the 202 body has no job_id/sse_url strings") from None
+        status_ref = data.get("status_url") if isinstance(data.get("status_url"), str) else f"{SUBMIT_PATH}/{job_id}"
+        return Job(
+            job_id=job_id,
+            sse_url=resolve(self.probe.submit_url, sse_url),
+            status_url=resolve(self.probe.submit_url, status_ref),
+            body=body,
+            response=response,
+        )
+
+    def job_url(self, job_id: str, suffix: str = "") -> str:
+        return f"{self.base_url}{SUBMIT_PATH}/{job_id}{suffix}"
+
+    def reference(self) -> tuple[Job, StreamCapture]:
+        """One ordinary job read to its end, shared by the grammar checks."""
+        if self._reference is None:
+            job = self.submit()
+            capture = self.probe.stream(job.sse_url)
+            self._reference = (job, capture)
+        return self._reference
+
+    def stream_of(self, job: Job, **kwargs: Any) -> StreamCapture:
+        capture = self.probe.stream(job.sse_url, **kwargs)
+        if capture.status != 200:
+            raise CheckFailed(
+                f"GET sse_url answered {capture.status} instead of 200 text/event-stream",
+                f"body: {capture.excerpt(300)!r}",
+            )
+        return capture
+
+    def completed_reference(self) -> tuple[Job, StreamCapture]:
+        job, capture = self.reference()
+        if capture.status != 200 or not capture.events:
+            raise CheckSkipped(
+                f"the reference stream did not deliver events (status {capture.status}; see DC-STREAM-001)"
+            )
+        return job, capture
+
+
+def event_data(capture: StreamCapture, event_type: str) -> list[dict[str, Any]]:
+    """JSON payloads of the events of one type (unparseable ones skipped)."""
+    out: list[dict[str, Any]] = []
+    for event in capture.protocol_events:
+        if event.event == event_type:
+            try:
+                data = json.loads(event.data)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out.append(data)
+    return out

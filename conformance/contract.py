@@ -1,0 +1,40 @@
+"""What the suite reads from the contract document (the only truth it shares with workers)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import openapi
+
+EVENT_SCHEMAS = {
+    "started": "SseStartedEvent",
+    "token": "SseTokenEvent",
+    "end": "SseEndEvent",
+    "error": "SseErrorEvent",
+}
+
+
+def contract_version() -> str:
+    return openapi.contract_version()
+
+
+@functools.cache
+def event_data_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of each event type's ``data`` payload (the ``contentSchema`` in the document)."""
+    schemas = openapi.load_document()["components"]["schemas"]
+    return {event: schemas[name]["properties"]["data"]["contentSchema"] for event, name in EVENT_SCHEMAS.items()}
+
+
+def data_errors(event_type: str, payload: Any) -> list[str]:
+    """Schema violations of one event's JSON data (empty when valid)."""
+    import jsonschema
+
+    schema = event_data_schemas().get(event_type)
+    if schema is None:
+        return [f"unknown event type {event_type!r} (expected one of {', '.join(EVENT_SCHEMAS)})"]
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'/'.join(str(part) for part in error.absolute_path) or '(data)'}: {error.message}"
+        for error in validator.iter_errors(payload)
+    ]

@@ -1,0 +1,177 @@
+"""The one result model; console, JSON, JUnit, HTML and pytest items are views of it."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Literal
+
+Level = Literal["MUST", "SHOULD", "MAY"]
+Outcome = Literal["passed", "failed", "warning", "skipped"]
+Threshold = Literal["must", "should"]
+
+#: bytes of a response body kept as evidence
+EXCERPT_BYTES = 1200
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP request and what came back, trimmed for a report."""
+
+    method: str
+    url: str
+    request_headers: dict[str, str] = field(default_factory=dict)
+    request_body: str | None = None
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    body_excerpt: str = ""
+    body_truncated: bool = False
+    elapsed_ms: float | None = None
+    error: str | None = None
+
+    def curl(self) -> str:
+        """A command line that repeats the request (the bearer token is masked)."""
+        parts = ["curl", "-sS", "-i", "-N"] if self.method == "GET" else ["curl", "-sS", "-i", "-X", self.method]
+        for name, value in self.request_headers.items():
+            if name.lower() in {"host", "content-length", "accept-encoding", "connection", "user-agent"}:
+                continue
+            if name.lower() == "authorization":
+                value = "Bearer $DUALCALL_TOKEN"
+            parts += ["-H", f"{name}: {value}"]
+        if self.request_body is not None:
+            parts += ["--data-binary", self.request_body]
+        parts.append(self.url)
+        return " ".join(shlex.quote(part) for part in parts)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "request": {
+                "method": self.method,
+                "url": self.url,
+                "headers": self.request_headers,
+                "body": self.request_body,
+            },
+            "response": None
+            if self.status is None
+            else {
+                "status": self.status,
+                "headers": self.response_headers,
+                "body_excerpt": self.body_excerpt,
+                "body_truncated": self.body_truncated,
+                "elapsed_ms": self.elapsed_ms,
+            },
+            "error": self.error,
+            "curl": self.curl(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """Registry entry: the data part of a check."""
+
+    id: str
+    rule: str
+    level: Level
+    title: str
+    area: str
+    description: str = ""
+
+
+@dataclass(slots=True)
+class CheckResult:
+    id: str
+    rule: str
+    level: Level
+    title: str
+    outcome: Outcome
+    message: str
+    exchanges: list[Exchange] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def evidence(self) -> dict[str, object]:
+        return {"details": self.details, "exchanges": [exchange.to_dict() for exchange in self.exchanges]}
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "level": self.level,
+            "title": self.title,
+            "outcome": self.outcome,
+            "message": self.message,
+            "duration_s": round(self.duration_s, 3),
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(slots=True)
+class Diagnosis:
+    """A named, human diagnosis of a whole worker (e.g. the legacy direct-SSE shape)."""
+
+    name: str
+    summary: str
+    observations: list[str]
+    fixes: list[str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "summary": self.summary, "observations": self.observations, "fixes": self.fixes}
+
+
+@dataclass(slots=True)
+class Summary:
+    passed: int = 0
+    failed: int = 0
+    warnings: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"passed": self.passed, "failed": self.failed, "warnings": self.warnings, "skipped": self.skipped}
+
+
+@dataclass(slots=True)
+class Report:
+    target: str
+    contract_version: str
+    threshold: Threshold
+    started_at: str
+    duration_s: float = 0.0
+    results: list[CheckResult] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    worker: dict[str, object] = field(default_factory=dict)
+    suite_version: str = ""
+
+    @property
+    def summary(self) -> Summary:
+        summary = Summary()
+        for result in self.results:
+            if result.outcome == "passed":
+                summary.passed += 1
+            elif result.outcome == "failed":
+                summary.failed += 1
+            elif result.outcome == "warning":
+                summary.warnings += 1
+            else:
+                summary.skipped += 1
+        return summary
+
+    @property
+    def ok(self) -> bool:
+        return not any(result.outcome == "failed" for result in self.results)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": 1,
+            "target": self.target,
+            "contract_version": self.contract_version,
+            "suite_version": self.suite_version,
+            "threshold": self.threshold,
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s, 3),
+            "ok": self.ok,
+            "summary": self.summary.to_dict(),
+            "worker": self.worker,
+            "diagnoses": [diagnosis.to_dict() for diagnosis in self.diagnoses],
+            "checks": [result.to_dict() for result in self.results],
+        }

@@ -1,0 +1,258 @@
+"""The checks' HTTP layer: every request is recorded as evidence, streams are captured raw.
+
+Streams are read as bytes and parsed with the suite's own strict parser (`conformance.sse`),
+never with the worker's encoder or a lenient client, so framing bugs stay visible.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+
+from conformance.client import SUBMIT_PATH, resolve
+from conformance.model import EXCERPT_BYTES, Exchange
+from conformance.sse import FramingIssue, SSEEvent, SSEParser
+
+#: largest stream body a check reads (a misbehaving worker must not exhaust memory)
+MAX_STREAM_BYTES: Final = 4 * 1024 * 1024
+#: how long a worker gets to close the connection after ``data: [DONE]``
+CLOSE_GRACE_S: Final = 2.0
+
+
+class TargetUnreachable(Exception):
+    """The target does not answer HTTP at all."""
+
+
+@dataclass(slots=True)
+class StreamCapture:
+    url: str
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
+    events: list[SSEEvent] = field(default_factory=list)
+    issues: list[FramingIssue] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    done_seen: bool = False
+    closed_after_done: bool = False
+    bytes_after_done: bytes = b""
+    truncated: bool = False
+    error: str | None = None
+    elapsed_s: float = 0.0
+    first_event_s: float | None = None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    @property
+    def protocol_events(self) -> list[SSEEvent]:
+        """Events before ``[DONE]`` (``[DONE]`` itself excluded)."""
+        out: list[SSEEvent] = []
+        for event in self.events:
+            if event.data == "[DONE]":
+                break
+            out.append(event)
+        return out
+
+    def json_data(self, event: SSEEvent) -> Any:
+        return json.loads(event.data)
+
+    def token_texts(self) -> list[str]:
+        texts: list[str] = []
+        for event in self.protocol_events:
+            if event.event == "token":
+                try:
+                    texts.append(str(json.loads(event.data)["text"]))
+                except (ValueError, KeyError, TypeError):
+                    texts.append("")
+        return texts
+
+    def final_event(self) -> SSEEvent | None:
+        events = self.protocol_events
+        return events[-1] if events else None
+
+    def excerpt(self, limit: int = 400) -> str:
+        return _excerpt(self.raw, limit)[0]
+
+
+def _excerpt(body: bytes, limit: int = EXCERPT_BYTES) -> tuple[str, bool]:
+    return body[:limit].decode("utf-8", errors="replace"), len(body) > limit
+
+
+def _request_body_text(content: bytes | None) -> str | None:
+    if content is None or content == b"":
+        return None
+    text, truncated = _excerpt(content, 2000)
+    return text + (" …[truncated]" if truncated else "")
+
+
+class Probe:
+    """A recording HTTP client bound to one target."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+        self.exchanges: list[Exchange] = []
+        self.all_exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    @property
+    def submit_url(self) -> str:
+        return self.base_url + SUBMIT_PATH
+
+    def url(self, reference: str) -> str:
+        return resolve(self.base_url + "/", reference.lstrip("/")) if not reference.startswith("http") else reference
+
+    def _headers(self, headers: dict[str, str] | None, auth: bool) -> dict[str, str]:
+        merged = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
+        merged.update(headers or {})
+        return merged
+
+    def _record(self, exchange: Exchange) -> None:
+        with self._lock:
+            self.exchanges.append(exchange)
+            self.all_exchanges.append(exchange)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[Exchange]]:
+        """Collect the exchanges made inside the block (one check's evidence)."""
+        with self._lock:
+            self.exchanges = []
+        yield self.exchanges
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        request = self.http.build_request(method, url, content=content, headers=self._headers(headers, auth))
+        exchange = Exchange(
+            method=method,
+            url=str(request.url),
+            request_headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+            | ({"Authorization": "Bearer ***"} if "authorization" in request.headers else {}),
+            request_body=_request_body_text(content),
+        )
+        started = time.perf_counter()
+        try:
+            response = self.http.send(request)
+        except httpx.HTTPError as exc:
+            exchange.error = f"{type(exc).__name__}: {exc}"
+            self._record(exchange)
+            raise
+        exchange.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        exchange.status = response.status_code
+        exchange.response_headers = dict(response.headers)
+        exchange.body_excerpt, exchange.body_truncated = _excerpt(response.content)
+        self._record(exchange)
+        return response
+
+    def submit(self, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.request("POST", self.submit_url, json_body=body, headers=headers)
+
+    def stream(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        auth: bool = True,
+        method: str = "GET",
+        content: bytes | None = None,
+        stop_after_events: int | None = None,
+        on_event: Any = None,
+    ) -> StreamCapture:
+        """Read a stream to its end (or ``stop_after_events``), recording raw bytes and timing.
+
+        ``on_event(capture, event)`` is called for each event as it arrives (used to act
+        mid-stream, e.g. cancel or disconnect); returning True stops reading.
+        """
+        capture = StreamCapture(url=url)
+        parser = SSEParser(strict=True)
+        request = self.http.build_request(method, url, headers=self._headers(headers, auth), content=content)
+        exchange = Exchange(
+            method=method,
+            url=url,
+            request_headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            request_body=_request_body_text(content),
+        )
+        started = time.perf_counter()
+        buffer = bytearray()
+        timer: threading.Timer | None = None
+        response: httpx.Response | None = None
+        try:
+            response = self.http.send(request, stream=True)
+            capture.status = response.status_code
+            capture.headers = dict(response.headers)
+            for chunk in response.iter_raw():
+                if capture.done_seen:
+                    capture.bytes_after_done += chunk
+                    continue
+                buffer += chunk
+                new_events = parser.feed(chunk)
+                for event in new_events:
+                    if capture.first_event_s is None:
+                        capture.first_event_s = time.perf_counter() - started
+                    capture.events.append(event)
+                    if event.data == "[DONE]":
+                        capture.done_seen = True
+                        timer = threading.Timer(CLOSE_GRACE_S, response.close)
+                        timer.daemon = True
+                        timer.start()
+                        break
+                    stop = on_event(capture, event) if on_event is not None else False
+                    if stop or (stop_after_events is not None and len(capture.events) >= stop_after_events):
+                        capture.error = "stopped by the check"
+                        response.close()
+                        break
+                if capture.error == "stopped by the check":
+                    break
+                if len(buffer) > MAX_STREAM_BYTES:
+                    capture.truncated = True
+                    response.close()
+                    break
+            else:
+                if capture.done_seen:
+                    capture.closed_after_done = True
+                else:
+                    capture.events.extend(parser.close())
+        except httpx.StreamClosed:
+            pass  # our own close after the grace period: the server kept the connection open
+        except httpx.HTTPError as exc:
+            if not (capture.done_seen and timer is not None and not timer.is_alive()):
+                capture.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if response is not None:
+                response.close()
+        capture.raw = bytes(buffer)
+        capture.issues = list(parser.issues)
+        capture.comments = list(parser.comments)
+        capture.elapsed_s = time.perf_counter() - started
+        exchange.elapsed_ms = round(capture.elapsed_s * 1000, 1)
+        exchange.status = capture.status
+        exchange.response_headers = capture.headers
+        exchange.body_excerpt, exchange.body_truncated = _excerpt(capture.raw)
+        exchange.error = capture.error
+        self._record(exchange)
+        return capture

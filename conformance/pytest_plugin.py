@@ -1,0 +1,122 @@
+"""pytest plugin: ``pytest --dualcall-url URL`` runs the check catalogue as test items.
+
+Registered through the ``pytest11`` entry point, so it is active wherever dualcall is
+installed; it adds items only when ``--dualcall-url`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.model import CheckResult, CheckSpec
+
+_STATE_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dualcall", "dualcall conformance")
+    group.addoption("--dualcall-url", default=None, help="run the dualcall conformance checks against this worker URL")
+    group.addoption("--dualcall-token", default=None, help="bearer token for the worker")
+    group.addoption("--dualcall-level", choices=("must", "should"), default="must", help="what fails (default: must)")
+    group.addoption("--dualcall-checks", default=None, help="comma-separated check ids to run")
+    group.addoption("--dualcall-timeout", type=float, default=10.0, help="per-request timeout in seconds")
+    group.addoption("--dualcall-no-fuzz", action="store_true", help="skip schemathesis fuzzing")
+    group.addoption("--dualcall-max-examples", type=int, default=25, help="fuzz examples per operation")
+
+
+class DualcallItem(pytest.Item):
+    def __init__(self, *, spec: CheckSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.add_marker(pytest.mark.dualcall)
+
+    def runtest(self) -> None:
+        result = _results(self.config).get(self.spec.id)
+        if result is None:
+            pytest.skip("not run (not selected, or fuzzing disabled)")
+        assert result is not None
+        if result.outcome == "skipped":
+            pytest.skip(result.message)
+        if result.outcome == "failed":
+            raise DualcallCheckFailure(result)
+        if result.outcome == "warning":
+            self.warn(pytest.PytestWarning(f"{result.id} [{result.rule} {result.level}] {result.message}"))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, DualcallCheckFailure):
+            result = excinfo.value.result
+            lines = [f"{result.id} [{result.rule} {result.level}] {result.title}", f"  {result.message}"]
+            lines += [f"  {detail}" for detail in result.details]
+            for exchange in result.exchanges[:3]:
+                lines.append(f"  {exchange.method} {exchange.url} -> {exchange.status}")
+                lines.append(f"    {exchange.curl()}")
+            return "\n".join(lines)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.spec.id} {self.spec.title}"
+
+
+class DualcallCheckFailure(Exception):
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.message)
+        self.result = result
+
+
+class DualcallCollector(pytest.Collector):
+    def collect(self) -> Iterator[pytest.Item]:
+        from conformance.runner import catalogue
+
+        only = _selected(self.config)
+        for spec in catalogue():
+            if only is None or spec.id in only:
+                yield DualcallItem.from_parent(self, name=spec.id, spec=spec)
+
+
+def _selected(config: pytest.Config) -> frozenset[str] | None:
+    raw = config.getoption("--dualcall-checks")
+    return frozenset(part.strip().upper() for part in raw.split(",") if part.strip()) if raw else None
+
+
+def _results(config: pytest.Config) -> dict[str, CheckResult]:
+    """Run the whole selection once (checks share state), on the first item that needs it."""
+    state = config.stash.setdefault(_STATE_KEY, {})
+    if "results" not in state:
+        from conformance.context import Options
+        from conformance.probe import TargetUnreachable
+        from conformance.runner import RunConfig, run
+
+        run_config = RunConfig(
+            target=str(config.getoption("--dualcall-url")).rstrip("/"),
+            options=Options(
+                timeout_s=config.getoption("--dualcall-timeout"), token=config.getoption("--dualcall-token")
+            ),
+            threshold=config.getoption("--dualcall-level"),
+            only=_selected(config),
+            fuzz=not config.getoption("--dualcall-no-fuzz"),
+            max_examples=config.getoption("--dualcall-max-examples"),
+        )
+        try:
+            report = run(run_config)
+        except TargetUnreachable as exc:
+            raise pytest.UsageError(f"dualcall: {exc}") from None
+        state["results"] = {result.id: result for result in report.results}
+        state["report"] = report
+    results: dict[str, CheckResult] = state["results"]
+    return results
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "dualcall: a dualcall conformance check")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--dualcall-url"):
+        return
+    collector = DualcallCollector.from_parent(session, name="dualcall-conformance")
+    items[:0] = list(collector.collect())

@@ -1,0 +1,128 @@
+"""Text helpers shared by the report renderers (private).
+
+Evidence is hostile input: response bodies carry arbitrary stream bytes. Every renderer
+passes free text through :func:`visible` first, which turns characters that are illegal in
+XML 1.0 (and dangerous on a terminal) into visible ``\\xNN`` escapes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from conformance.model import EXCERPT_BYTES, CheckResult, Exchange, Report
+
+# C0 controls other than TAB, LF, CR; DEL; C1 controls; lone surrogates; the two non-characters
+# that XML 1.0 forbids.
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_LONE_CR = re.compile("\r(?!\n)")
+
+OUTCOME_LABEL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "warning": "WARN", "skipped": "SKIP"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str, *, terminal: bool = False) -> str:
+    """*text* with illegal/control characters replaced by visible escapes.
+
+    With ``terminal=True`` CRLF becomes LF and a lone CR becomes ``\\r`` as well, so a body
+    cannot move the cursor of the console it is printed on.
+    """
+    text = _ILLEGAL.sub(_escape, text)
+    if terminal:
+        text = _LONE_CR.sub("\\\\r", text).replace("\r\n", "\n")
+    return text
+
+
+def clip(text: str, limit: int) -> str:
+    """*text* cut to *limit* characters, marking the cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+def verdict(report: Report) -> str:
+    return "PASS" if report.ok else "FAIL"
+
+
+def verdict_reason(report: Report) -> str:
+    """``PASS``, ``PASS (with warnings)``, ``FAIL (MUST failures)`` or ``FAIL (SHOULD failures)``."""
+    if report.ok:
+        return "PASS (with warnings)" if report.summary.warnings else "PASS"
+    levels = sorted({r.level for r in report.results if r.outcome == "failed"}, key=("MUST", "SHOULD", "MAY").index)
+    return f"FAIL ({'/'.join(levels)} failures)"
+
+
+def summary_line(report: Report) -> str:
+    """``31 passed, 2 failed, 1 warnings, 3 skipped in 4.2s — FAIL (MUST failures)``."""
+    s = report.summary
+    return (
+        f"{s.passed} passed, {s.failed} failed, {s.warnings} warnings, {s.skipped} skipped "
+        f"in {report.duration_s:.1f}s — {verdict_reason(report)}"
+    )
+
+
+def area_of(result: CheckResult) -> str:
+    """The group a check belongs to, from its id: ``DC-SUBMIT-202`` → ``DC-SUBMIT``.
+
+    ``submit.accepted`` → ``submit``; an id with neither shape falls back to the rule's section
+    (``DC-1.2`` → ``DC-1``).
+    """
+    parts = result.id.split("-")
+    if len(parts) >= 3:
+        return "-".join(parts[:-1])
+    if "." in result.id:
+        return result.id.rsplit(".", 1)[0]
+    if len(parts) == 2 and not parts[1].isdigit():
+        return result.id
+    return result.rule.split(".", 1)[0] or result.id
+
+
+def request_line(exchange: Exchange) -> str:
+    return f"{exchange.method} {exchange.url}"
+
+
+def response_line(exchange: Exchange) -> str:
+    """``→ 200 (12 ms)``, ``→ no response: <error>``."""
+    if exchange.status is None:
+        return f"→ no response: {exchange.error or 'unknown error'}"
+    elapsed = f" ({exchange.elapsed_ms:.0f} ms)" if exchange.elapsed_ms is not None else ""
+    error = f" — {exchange.error}" if exchange.error else ""
+    return f"→ {exchange.status}{elapsed}{error}"
+
+
+def exchange_text(exchange: Exchange, *, body_limit: int = EXCERPT_BYTES) -> str:
+    """A plain-text block describing one exchange (used by JUnit)."""
+    lines = [f"{request_line(exchange)} {response_line(exchange)}"]
+    if exchange.status is not None:
+        content_type = next(
+            (v for k, v in exchange.response_headers.items() if k.lower() == "content-type"),
+            None,
+        )
+        if content_type:
+            lines.append(f"  content-type: {content_type}")
+        if exchange.body_excerpt:
+            body = clip(exchange.body_excerpt, body_limit).rstrip()
+            if exchange.body_truncated:
+                body += " [truncated]"
+            lines.append("  body: " + body.replace("\n", "\n        "))
+    lines.append(f"  $ {exchange.curl()}")
+    return visible("\n".join(lines))
+
+
+#: request headers whose values never appear in a report (curl() masks Authorization the same way)
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+def masked_headers(headers: dict[str, str]) -> dict[str, str]:
+    """*headers* with credentials replaced: ``Authorization: Bearer $DUALCALL_TOKEN``."""
+    out = {}
+    for name, value in headers.items():
+        shown = value
+        if name.lower() in SECRET_HEADERS:
+            scheme = value.split(" ", 1)[0] if " " in value else ""
+            shown = f"{scheme} $DUALCALL_TOKEN" if scheme.lower() == "bearer" else "***"
+        out[name] = shown
+    return out

@@ -1,0 +1,206 @@
+"""Console rendering with rich: a line per check, evidence of failures, diagnoses, a summary line.
+
+Everything taken from the report is put into :class:`rich.text.Text` objects (never parsed as
+markup) after :func:`~conformance.report._text.visible`, so a hostile body can neither inject
+rich markup nor terminal escape sequences.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from conformance.model import CheckResult, Diagnosis, Report
+from conformance.report._text import (
+    OUTCOME_LABEL,
+    clip,
+    request_line,
+    response_line,
+    summary_line,
+    visible,
+)
+
+__all__ = ["ConsoleProgress", "check_line", "render_console", "summary_text"]
+
+_GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "skipped": "-"}
+_STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "skipped": "dim"}
+_REASON_CHARS = 100
+_BODY_CHARS = 300
+
+
+def _clean(text: str) -> str:
+    return visible(text, terminal=True)
+
+
+def _hang(text: str, indent: str) -> str:
+    """Continuation lines of *text* indented by *indent* (bullets stay readable)."""
+    return text.rstrip().replace("\n", "\n" + indent)
+
+
+def check_line(result: CheckResult, *, id_width: int = 16) -> Text:
+    """``DC-SUBMIT-202    MUST   ✔ PASS  title — reason`` as styled text."""
+    style = _STYLE[result.outcome]
+    line = Text.assemble(
+        (f"{_clean(result.id):<{id_width}}", "bold"),
+        " ",
+        (f"{result.level:<6}", "cyan" if result.level == "MUST" else "blue"),
+        " ",
+        (f"{_GLYPH[result.outcome]} {OUTCOME_LABEL[result.outcome]}", style),
+        "  ",
+        _clean(result.title),
+    )
+    if result.outcome != "passed" and result.message:
+        reason = _clean(result.message).splitlines()[0] if result.message.strip() else ""
+        line.append(" — " + clip(reason, _REASON_CHARS), style="dim" if result.outcome == "skipped" else style)
+    return line
+
+
+def _print_evidence(console: Console, result: CheckResult) -> None:
+    style = _STYLE[result.outcome]
+    text = Text()
+    text.append(f"{OUTCOME_LABEL[result.outcome]} ", style=style)
+    text.append(f"{_clean(result.id)} ", style="bold")
+    text.append(f"[{result.rule} {result.level}] ", style="cyan")
+    text.append(_clean(result.title) + "\n")
+    text.append(f"  {_hang(_clean(result.message), '  ')}")
+    for detail in result.details:
+        text.append(f"\n  • {_hang(_clean(detail), '    ')}")
+    if result.exchanges:
+        exchange = result.exchanges[0]
+        text.append("\n  ")
+        text.append(_clean(f"{request_line(exchange)} {response_line(exchange)}"), style="bold")
+        if exchange.body_excerpt:
+            body = clip(_clean(exchange.body_excerpt).rstrip(), _BODY_CHARS)
+            text.append("\n    " + _hang(body, "    "), style="dim")
+    console.print(text)
+    if result.exchanges:
+        # soft_wrap: the terminal wraps the command, so it copies and pastes as one line
+        console.print(Text("    $ " + _clean(result.exchanges[0].curl()), style="green"), soft_wrap=True)
+        if len(result.exchanges) > 1:
+            more = len(result.exchanges) - 1
+            console.print(Text(f"    (+{more} more exchanges in the JSON/HTML report)", style="dim"))
+
+
+def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
+    body = Text()
+    body.append(_clean(diagnosis.summary).rstrip() + "\n")
+    if diagnosis.observations:
+        body.append("\nObserved:\n", style="bold")
+        for item in diagnosis.observations:
+            body.append(f"  • {_hang(_clean(item), '    ')}\n")
+    if diagnosis.fixes:
+        body.append("\nWhat to change:\n", style="bold")
+        for number, fix in enumerate(diagnosis.fixes, 1):
+            body.append(f"  {number}. {_hang(_clean(fix), '     ')}\n")
+    body.rstrip()
+    return Panel(
+        body,
+        title=Text(f"Diagnosis: {_clean(diagnosis.name)}", style="bold"),
+        title_align="left",
+        border_style="red",
+    )
+
+
+def summary_text(report: Report) -> Text:
+    """The closing line: ``31 passed, 2 failed, 1 warnings, 3 skipped in 4.2s — FAIL (MUST failures)``."""
+    return Text(summary_line(report), style="bold green" if report.ok else "bold red")
+
+
+def render_console(report: Report, console: Console, *, lines_already_printed: bool = False) -> None:
+    """Print the report on *console*.
+
+    A line per check (unless ``lines_already_printed``, i.e. :class:`ConsoleProgress` printed them
+    while the checks ran), then the evidence of failed and warning checks, the diagnoses, and the
+    summary line.
+    """
+    if not lines_already_printed:
+        console.print(Text(f"dualcall conformance — {_clean(report.target)}", style="bold"))
+        id_width = max((len(_clean(r.id)) for r in report.results), default=0) + 1
+        for result in report.results:
+            console.print(check_line(result, id_width=max(id_width, 16)))
+    problems = [r for r in report.results if r.outcome in ("failed", "warning")]
+    if problems:
+        console.print()
+        console.rule(Text("Failures and warnings", style="bold"))
+        for result in problems:
+            _print_evidence(console, result)
+            console.print()
+    for diagnosis in report.diagnoses:
+        console.print(_diagnosis_panel(diagnosis))
+    console.print()
+    console.print(summary_text(report))
+
+
+class ConsoleProgress:
+    """Prints each check's line as it finishes; on a terminal also a transient progress bar.
+
+    Used by the runner::
+
+        with ConsoleProgress(console, total=len(specs)) as progress:
+            for spec in specs:
+                progress.start(spec.id, spec.title)
+                progress.advance(run(spec))
+        render_console(report, console, lines_already_printed=progress.lines_printed)
+    """
+
+    def __init__(self, console: Console, total: int, *, description: str = "checking", id_width: int = 16) -> None:
+        self.console = console
+        self.id_width = id_width
+        self.total = total
+        self.description = description
+        self.done = 0
+        self.lines_printed = False
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ConsoleProgress:
+        if self.console.is_terminal:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(escape(self.description), total=self.total)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def start(self, check_id: str, title: str = "") -> None:
+        """Show *check_id* as the check now running (terminal only)."""
+        if self._progress is not None and self._task is not None:
+            label = f"{check_id} {title}".strip()
+            self._progress.update(self._task, description=escape(f"{self.description}: {_clean(label)}"))
+
+    def advance(self, result: CheckResult) -> None:
+        """Print *result*'s line now and move the bar on by one."""
+        self.console.print(check_line(result, id_width=self.id_width))
+        self.lines_printed = True
+        self.done += 1
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=1, description=escape(self.description))

@@ -1,0 +1,110 @@
+"""The JUnit XML report (the de-facto Jenkins / GitLab / GitHub Actions schema).
+
+One ``<testsuites>`` holding one ``<testsuite name="dualcall-conformance">``; one ``<testcase>`` per
+check. A failed check is a ``<failure>``, a skipped one ``<skipped>``; a warning (a SHOULD failure
+under the ``must`` threshold) passes, with a ``WARNING`` line in its ``<system-out>``. Diagnoses go
+into the suite's ``<system-out>``. Every string is cleaned of characters XML 1.0 forbids.
+"""
+
+from __future__ import annotations
+
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conformance.model import CheckResult, Report
+from conformance.report._text import area_of, exchange_text, summary_line, visible
+
+__all__ = ["SUITE_NAME", "to_junit_xml", "write_junit"]
+
+SUITE_NAME = "dualcall-conformance"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, {k: visible(v) for k, v in attrs.items()})
+    if text is not None:
+        element.text = visible(text)
+    return element
+
+
+def _evidence_text(result: CheckResult, *, with_message: bool = True) -> str:
+    parts = [result.message] if with_message else []
+    parts += [f"- {detail}" for detail in result.details]
+    for index, exchange in enumerate(result.exchanges, 1):
+        parts.append(f"[exchange {index}] {exchange_text(exchange)}")
+    return "\n".join(parts)
+
+
+def _testcase(parent: ET.Element, result: CheckResult) -> None:
+    case = _sub(
+        parent,
+        "testcase",
+        classname=f"dualcall.{area_of(result)}",
+        name=f"{result.id} {result.title}".strip(),
+        time=f"{result.duration_s:.3f}",
+    )
+    headline = f"[{result.rule} {result.level}] {result.message}"
+    if result.outcome == "failed":
+        _sub(case, "failure", _evidence_text(result), message=headline, type=result.id)
+    elif result.outcome == "skipped":
+        _sub(case, "skipped", message=headline)
+    elif result.outcome == "warning":
+        _sub(case, "system-out", f"WARNING {headline}\n{_evidence_text(result, with_message=False)}".rstrip())
+
+
+def _diagnoses_text(report: Report) -> str:
+    blocks = []
+    for diagnosis in report.diagnoses:
+        lines = [f"DIAGNOSIS: {diagnosis.name}", diagnosis.summary, "Observations:"]
+        lines += [f"  - {item}" for item in diagnosis.observations]
+        lines.append("What to change:")
+        lines += [f"  {number}. {fix}" for number, fix in enumerate(diagnosis.fixes, 1)]
+        blocks.append("\n".join(lines))
+    blocks.append(summary_line(report))
+    return "\n\n".join(blocks)
+
+
+def to_junit_xml(report: Report) -> ET.Element:
+    """The report as a JUnit XML ``<testsuites>`` element (indented)."""
+    summary = report.summary
+    counts = {
+        "tests": str(len(report.results)),
+        "failures": str(summary.failed),
+        "errors": "0",
+        "skipped": str(summary.skipped),
+        "time": f"{report.duration_s:.3f}",
+    }
+    root = ET.Element("testsuites", {"name": SUITE_NAME, **counts})
+    suite = _sub(
+        root,
+        "testsuite",
+        name=SUITE_NAME,
+        **counts,
+        timestamp=report.started_at,
+        hostname=socket.gethostname() or "localhost",
+    )
+    properties = _sub(suite, "properties")
+    props = {
+        "target": report.target,
+        "contract_version": report.contract_version,
+        "threshold": report.threshold,
+        "suite_version": report.suite_version,
+        "verdict": "PASS" if report.ok else "FAIL",
+    }
+    for index, diagnosis in enumerate(report.diagnoses, 1):
+        props[f"diagnosis.{index}"] = diagnosis.name
+    for name, value in props.items():
+        _sub(properties, "property", name=name, value=value)
+    for result in report.results:
+        _testcase(suite, result)
+    _sub(suite, "system-out", _diagnoses_text(report))
+    ET.indent(root)
+    return root
+
+
+def write_junit(report: Report, path: str | Path) -> Path:
+    """Write the JUnit XML report to *path* (parent directories are created); returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(to_junit_xml(report)).write(target, encoding="utf-8", xml_declaration=True)
+    return target
