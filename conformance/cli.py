@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("url", nargs="?", help="base URL of the worker, e.g. http://127.0.0.1:8000")
     parser.add_argument("--list", action="store_true", help="print the check catalogue and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --list: print the catalogue as Markdown")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="write a JUnit XML report")
     parser.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
@@ -127,7 +128,14 @@ def _validate_url(parser: argparse.ArgumentParser, url: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(highlight=False, stderr=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # CI logs: one line per check
+    if args.list and args.markdown:
+        from conformance.runner import catalogue_markdown
+
+        sys.stdout.write(catalogue_markdown())
+        return EXIT_OK
     if args.list:
         print_catalogue(console)
         return EXIT_OK

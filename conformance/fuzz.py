@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ class _Tally:
     findings: dict[tuple[str, str, int | None], _Finding] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     aborted: str | None = None
+    seconds: float = 0.0
+    scenarios: int = 0
 
     def add(self, finding: _Finding) -> None:
         key = (finding.check, finding.operation, finding.status)
@@ -249,14 +252,14 @@ def _clamp_max_tokens(case: Any) -> None:
         body["max_tokens"] = MAX_FUZZ_TOKENS
 
 
-def _result(spec: CheckSpec, tally: _Tally, clean_message: str, started: float) -> CheckResult:
+def _result(spec: CheckSpec, tally: _Tally, clean_message: str) -> CheckResult:
     findings = list(tally.findings.values())
     details = [finding.line(index) for index, finding in enumerate(findings[:MAX_DETAILS], start=1)]
     if len(findings) > MAX_DETAILS:
         details.append(f"... and {len(findings) - MAX_DETAILS} more distinct findings")
     details.extend(tally.notes)
     exchanges = [finding.exchange for finding in findings[:MAX_EXCHANGES]]
-    duration = time.monotonic() - started
+    duration = tally.seconds
     if tally.aborted is not None:
         message = tally.aborted
         if findings:
@@ -266,7 +269,7 @@ def _result(spec: CheckSpec, tally: _Tally, clean_message: str, started: float) 
         checks = sorted({finding.check for finding in findings})
         occurrences = sum(finding.count for finding in findings)
         message = (
-            f"{len(findings)} distinct finding(s) ({occurrences} failing responses) in {tally.requests} fuzzed "
+            f"{len(findings)} distinct finding(s) ({occurrences} occurrences) in {tally.requests} fuzzed "
             f"requests: {', '.join(checks)}"
         )
         return CheckResult(spec.id, spec.rule, spec.level, spec.title, "failed", message, exchanges, details, duration)
@@ -292,7 +295,25 @@ class _Run:
         self.out_of_time = False
         self.created_jobs: list[str] = []
         self.connection_failures = 0
+        self.unreachable_reason: str | None = None
         self.responses = 0
+        self.negative_submits = 0
+
+    def guard(self, check_ids: tuple[str, ...], phase: str, action: Callable[[], None]) -> None:
+        """Run one phase; an error of schemathesis or hypothesis fails only the checks that phase feeds.
+
+        The phase's time counts toward the first of ``check_ids``.
+        """
+        started = time.monotonic()
+        try:
+            action()
+        except Exception as exc:
+            reason = f"schemathesis could not run the {phase}: {_describe_error(exc)}"
+            for check_id in check_ids:
+                tally = self.tallies[check_id]
+                tally.aborted = tally.aborted or reason
+        finally:
+            self.tallies[check_ids[0]].seconds += time.monotonic() - started
 
     def progress(self, text: str) -> None:
         if self.on_progress is not None:
@@ -357,14 +378,17 @@ class _Run:
         except Exception as exc:
             self.tallies[check_id].requests += 1
             self.tallies[check_id].operations.add(str(case.operation.label))
-            if _is_connection_refused(exc):
+            if _is_connection_failure(exc):
                 self.connection_failures += 1
+                self.unreachable_reason = self.unreachable_reason or _connection_reason(exc)
             note = _Note("Request failed", _describe_error(exc))
             exchange = _exchange_from_error(exc, case, self.base_url)
             self.record_failure(check_id, _TRANSPORT, case=case, status=None, failure=note, ex=exchange)
             return None
         self.responses += 1
         self.tallies[check_id].requests += 1
+        if check_id == "DC-FUZZ-001" and _is_negative(case):
+            self.negative_submits += 1
         self.tallies[check_id].operations.add(str(case.operation.label))
         self._remember_job(case, response)
         return response
@@ -380,10 +404,31 @@ class _Run:
             self.created_jobs.append(job_id)
 
 
-def _is_connection_refused(exc: BaseException) -> bool:
+def _is_negative(case: Any) -> bool:
+    generation = getattr(getattr(case, "meta", None), "generation", None)
+    return bool(getattr(getattr(generation, "mode", None), "is_negative", False))
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
     import requests
 
     return isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(exc, requests.exceptions.ReadTimeout)
+
+
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The root cause of a connection error in a few words, e.g. ``connection refused``."""
+    text = str(exc)
+    match = _ERRNO_REASON.search(text)
+    if match:
+        return match.group(1).strip().rstrip(".").lower()
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "host name not found"
+    if "timed out" in text.lower():
+        return "connection timed out"
+    return _describe_error(exc)
 
 
 def _hypothesis_settings(max_examples: int, *, step_count: int | None = None) -> Any:
@@ -475,6 +520,9 @@ def _run_stateful(run: _Run, schema: Any, examples: int, seed: int | None) -> No
         pass
 
     class DualcallMachine(base):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            tally.scenarios += 1
+
         def call(self, case: Any, **kwargs: Any) -> Any:
             if not run.time_left():
                 hypothesis.reject()
@@ -553,23 +601,21 @@ def run_fuzz(
             _cancel_created_jobs(run, token)
 
     if run.responses == 0 and run.connection_failures:
-        first = next(
-            (f for tally in run.tallies.values() for f in tally.findings.values() if f.check == _TRANSPORT), None
-        )
-        why = first.exchange.error if first is not None and first.exchange.error else "connection failed"
-        reason = f"fuzzing could not reach {base_url}: {why}"
+        reason = f"fuzzing could not reach {base_url}: {run.unreachable_reason or 'connection failed'}"
         for tally in run.tallies.values():
             tally.aborted = reason
+            for finding in tally.findings.values():
+                finding.count = 1  # the same refused connection, not a finding per request
     if run.out_of_time:
         note = f"time budget of {budget_s:.0f} s spent: later examples were not sent"
         for tally in run.tallies.values():
             tally.notes.append(note)
 
     t1, t2, t3 = (run.tallies[spec.id] for spec in FUZZ_CHECKS)
-    submit_ops = len(t1.operations) or 1
-    stateful_ops = ", ".join(sorted(t3.operations)) or "none"
-    linked = len(t3.operations - {_SUBMIT})
-    if not t3.aborted and not t3.findings and linked == 0:
+    # Loading schemathesis and the contract, and cleaning up, count toward the first check.
+    t1.seconds += max(0.0, time.monotonic() - started - t1.seconds - t2.seconds - t3.seconds)
+    linked = sorted(t3.operations - {_SUBMIT})
+    if not t3.aborted and not t3.findings and not linked:
         t3.aborted = (
             "no link was followed: no fuzzed submit answered 202 with a job_id "
             "that the stream/status/cancel links could use"
@@ -578,37 +624,25 @@ def run_fuzz(
         _result(
             specs["DC-FUZZ-001"],
             t1,
-            f"{t1.requests} fuzzed submit requests ({submit_ops} operation), no finding",
-            started,
+            f"{t1.requests} fuzzed submit bodies ({t1.requests - run.negative_submits} positive, "
+            f"{run.negative_submits} negative), no finding",
         ),
         _result(
             specs["DC-FUZZ-002"],
             t2,
             f"{t2.requests} fuzzed requests across {len(t2.operations)} operations, no finding",
-            started,
         ),
         _result(
             specs["DC-FUZZ-003"],
             t3,
-            f"{t3.requests} requests in stateful scenarios following links across {stateful_ops}, no finding",
-            started,
+            f"{t3.requests} requests in {t3.scenarios} stateful scenarios following submit's links "
+            f"to {', '.join(linked) or 'nothing'}, no finding",
         ),
     ]
 
 
 def _always_fuzz_002(_check: str) -> str:
     return "DC-FUZZ-002"
-
-
-def _guard(run: _Run, check_ids: tuple[str, ...], phase: str, action: Callable[[], None]) -> None:
-    """Run one phase; an error of schemathesis or hypothesis fails only the checks that phase feeds."""
-    try:
-        action()
-    except Exception as exc:
-        reason = f"schemathesis could not run the {phase}: {_describe_error(exc)}"
-        for check_id in check_ids:
-            tally = run.tallies[check_id]
-            tally.aborted = tally.aborted or reason
 
 
 def _fuzz(
@@ -631,8 +665,7 @@ def _fuzz(
 
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
         run.progress(f"fuzz: {max_examples} {mode.value} submit bodies")
-        _guard(
-            run,
+        run.guard(
             ("DC-FUZZ-001", "DC-FUZZ-002"),
             f"{mode.value} submit fuzzing",
             functools.partial(
@@ -653,8 +686,7 @@ def _fuzz(
             modes.append(GenerationMode.NEGATIVE)  # a malformed Last-Event-ID
         for mode in modes:
             run.progress(f"fuzz: {examples} {mode.value} {method} {path} with random job ids")
-            _guard(
-                run,
+            run.guard(
                 ("DC-FUZZ-002",),
                 f"{mode.value} fuzzing of {method} {path}",
                 functools.partial(
@@ -670,4 +702,4 @@ def _fuzz(
             )
 
     run.progress(f"fuzz: {max_examples} stateful scenarios following submit's links")
-    _guard(run, ("DC-FUZZ-003",), "stateful link fuzzing", lambda: _run_stateful(run, schema, max_examples, seed))
+    run.guard(("DC-FUZZ-003",), "stateful link fuzzing", lambda: _run_stateful(run, schema, max_examples, seed))

@@ -35,9 +35,8 @@ class Exchange:
         for name, value in self.request_headers.items():
             if name.lower() in {"host", "content-length", "accept-encoding", "connection", "user-agent"}:
                 continue
-            if name.lower() == "authorization":
-                value = "Bearer $DUALCALL_TOKEN"
-            parts += ["-H", f"{name}: {value}"]
+            shown = "Bearer $DUALCALL_TOKEN" if name.lower() == "authorization" else value
+            parts += ["-H", f"{name}: {shown}"]
         if self.request_body is not None:
             parts += ["--data-binary", self.request_body]
         parts.append(self.url)

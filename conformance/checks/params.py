@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from conformance.checks import CheckFailed, CheckSkipped, check
 from conformance.context import Context, event_data
@@ -20,7 +21,7 @@ def _completion(ctx: Context, **overrides: object) -> tuple[str, dict[str, objec
 
 @check("DC-PARAM-001", rule="DC-2.13", level="MUST", title="max_tokens is honoured", area="params")
 def max_tokens_honoured(ctx: Context) -> str:
-    text, end = _completion(ctx, max_tokens=5)
+    _, end = _completion(ctx, max_tokens=5)
     tokens_out = end.get("tokens_out")
     if not isinstance(tokens_out, int) or tokens_out > 5:
         raise CheckFailed(f"max_tokens 5 produced tokens_out {tokens_out!r}")
@@ -67,7 +68,7 @@ def stop_honoured(ctx: Context) -> str:
     level_for=lambda ctx: "MUST" if ctx.deterministic else "SHOULD",
 )
 def deterministic(ctx: Context) -> str:
-    runs = [
+    runs: list[tuple[str, dict[str, Any]]] = [
         ("seeded sampling", {"temperature": 0.8, "top_p": 0.9, "top_k": 20, "seed": 1234, "max_tokens": 32}),
         ("greedy", {"temperature": 0, "max_tokens": 32}),
     ]

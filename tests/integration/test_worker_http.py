@@ -601,6 +601,7 @@ def test_sigterm_ends_open_stream_cleanly(start_worker: Any) -> None:
     assert time.monotonic() - signalled < 10
     worker.stop()
     assert "Traceback" not in worker.stderr, worker.output()
+    assert "dualcall worker stopped" in worker.stderr, worker.output()
 
 
 def test_reader_disconnect_does_not_disturb_others(client: httpx.Client, slow_worker: WorkerProcess) -> None:
