@@ -151,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _preflight(engine: Engine) -> None:
+    """Run the engine's ``preflight()`` if it has one, else ``start()`` it (the app's start is then a no-op)."""
     check = getattr(engine, "preflight", None)
-    if check is not None:
-        await check()
+    await (check() if check is not None else engine.start())
 
 
 if __name__ == "__main__":

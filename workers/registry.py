@@ -125,7 +125,8 @@ class JobRegistry:
         self.engine = engine
         self.settings = settings
         self._jobs: dict[str, Job] = {}
-        self._slots = asyncio.Semaphore(max(1, engine.max_concurrency))
+        #: sized in start(), after the engine has started and knows its batch size
+        self._slots = asyncio.Semaphore(1)
         self._queued = 0
         self._running = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -143,6 +144,7 @@ class JobRegistry:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._slots = asyncio.Semaphore(max(1, self.engine.max_concurrency))
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="dualcall-sweeper")
 
     def begin_shutdown(self) -> None:

@@ -289,13 +289,22 @@ def test_405_with_allow(
 def test_401_when_auth_is_on(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--auth-token", "secret")
     good = {"Authorization": "Bearer secret"}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic secret"}, {"Authorization": "secret"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic secret"},
+        {"Authorization": "secret"},
+    ):
         response = submit(client, worker, {"prompt": "x"}, headers=headers)
         assert_problem(response, 401)
         assert response.headers["www-authenticate"].startswith("Bearer")
     submitted = submit_ok(client, worker, {"prompt": "x", "max_tokens": 3}, headers=good)
     job = submitted["job_id"]
-    for method, path in (("GET", f"/v1/inference/{job}/stream"), ("GET", f"/v1/inference/{job}"), ("DELETE", f"/v1/inference/{job}")):
+    for method, path in (
+        ("GET", f"/v1/inference/{job}/stream"),
+        ("GET", f"/v1/inference/{job}"),
+        ("DELETE", f"/v1/inference/{job}"),
+    ):
         response = client.request(method, worker.url + path)
         assert_problem(response, 401)
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -514,9 +523,7 @@ def test_metrics(client: httpx.Client, mock_worker: WorkerProcess) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert response.headers[CONTRACT] == VERSION
-    values = dict(
-        line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#")
-    )
+    values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
     assert int(values["dualcall_jobs_submitted_total"]) >= 1
     assert values["dualcall_engine_up"] == "1"
     for name in ("dualcall_jobs_active", "dualcall_jobs_queued", "dualcall_jobs_retained"):

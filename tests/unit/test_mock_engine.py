@@ -83,7 +83,13 @@ def test_deterministic_across_processes() -> None:
     for hash_seed in ("1", "4242"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
         done = subprocess.run(
-            [sys.executable, "-c", _CHILD], capture_output=True, text=True, encoding="utf-8", env=env, timeout=30
+            [sys.executable, "-c", _CHILD],
+            check=False,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            env=env,
+            timeout=30,
         )
         assert done.returncode == 0, done.stderr
         outputs.append(json.loads(done.stdout))
@@ -91,7 +97,12 @@ def test_deterministic_across_processes() -> None:
     assert len(outputs[0]) == 25
     in_process = MockEngine().tokens(
         GenerationRequest(
-            prompt="Déterminisme 🚀 across processes", max_tokens=25, temperature=0.9, top_p=0.8, top_k=12, seed=123456789
+            prompt="Déterminisme 🚀 across processes",
+            max_tokens=25,
+            temperature=0.9,
+            top_p=0.8,
+            top_k=12,
+            seed=123456789,
         )
     )
     assert outputs[0] == in_process

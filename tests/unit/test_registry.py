@@ -37,7 +37,9 @@ def events_of(raw: bytes) -> list[SSEEvent]:
 
 async def wait_until(predicate: object, timeout_s: float = TIMEOUT_S) -> None:
     async with asyncio.timeout(timeout_s):
-        while not predicate():  # type: ignore[operator]
+        while True:
+            if predicate():  # type: ignore[operator]
+                return
             await asyncio.sleep(0.005)
 
 
@@ -205,6 +207,22 @@ async def test_cancel_while_queued(make_registry) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.asyncio
+async def test_cancel_before_the_job_task_ever_ran(make_registry) -> None:  # type: ignore[no-untyped-def]
+    """A task cancelled before its first step never enters its own except-handler."""
+    registry = make_registry(MockEngine(max_concurrency=1), queue_limit=0)
+    job = registry.submit(gen(max_tokens=5))
+    stream = registry.open_stream(job.id, None)
+    await registry.cancel(job.id)  # no await point since submit: the task has not started
+    events = events_of(await read_all(stream))
+    assert [e.event for e in events] == ["end", "message"]
+    assert json.loads(events[0].data) == {"tokens_out": 0, "stop_reason": "cancelled"}
+    assert job.state == "cancelled"
+    assert registry.queued == 0
+    assert registry.active == 0
+    registry.submit(gen(max_tokens=1))  # the only slot is free again
+
+
+@pytest.mark.asyncio
 async def test_cancel_finished_job_keeps_its_state(make_registry) -> None:  # type: ignore[no-untyped-def]
     registry = make_registry()
     job = registry.submit(gen(max_tokens=2))
@@ -317,7 +335,10 @@ async def test_engine_error_becomes_error_event(make_registry) -> None:  # type:
     job = registry.submit(gen(max_tokens=10))
     events = events_of(await read_all(registry.open_stream(job.id, None)))
     assert [e.event for e in events] == ["started", "token", "token", "error", "message"]
-    assert json.loads(events[-2].data) == {"code": "simulated_failure", "message": "simulated engine failure (--fail-after)"}
+    assert json.loads(events[-2].data) == {
+        "code": "simulated_failure",
+        "message": "simulated engine failure (--fail-after)",
+    }
     assert job.state == "failed"
     assert job.error is not None
     assert job.error.code == "simulated_failure"
@@ -368,7 +389,8 @@ async def test_keepalive_when_idle(make_registry) -> None:  # type: ignore[no-un
     assert sse.KEEPALIVE in blocks
     parser_events, issues = parse_stream(b"".join(blocks), strict=True)
     assert not issues
-    assert [e.event for e in parser_events] == ["started", "token", "token", "end", "message"]  # comments are not events
+    # comment lines are not events
+    assert [e.event for e in parser_events] == ["started", "token", "token", "end", "message"]
 
 
 @pytest.mark.asyncio
