@@ -106,13 +106,13 @@ def resolve(base: str, reference: str) -> str:
 
 
 def parse_submission(post_url: str, response: httpx.Response) -> Submission:
-    if response.status_code != 202:
-        raise _problem(response)
     content_type = response.headers.get("content-type", "")
-    if "text/event-stream" in content_type:
+    if "text/event-stream" in content_type:  # before the status check: legacy workers answer 200
         raise ProtocolError(
             "POST answered with an event stream: this is the legacy direct-SSE shape, not the dual-call contract"
         )
+    if response.status_code != 202:
+        raise _problem(response)
     try:
         body = response.json()
         job_id, sse_url = body["job_id"], body["sse_url"]
@@ -142,6 +142,13 @@ def to_event(sse: ServerSentEvent) -> Event | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed {sse.event!r} event (id {sse.id!r}): {sse.data[:200]!r}") from exc
     raise ProtocolError(f"unknown event type {sse.event!r}")
+
+
+def _check_stream_type(response: httpx.Response) -> None:
+    """A 200 that is not an event stream is off-contract, not a dropped connection to retry."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise ProtocolError(f"stream answered 200 {content_type or 'without a Content-Type'}, not text/event-stream")
 
 
 def _problem(response: httpx.Response) -> ProblemError:
@@ -216,7 +223,10 @@ class DualCallClient:
                     if source.response.status_code != 200:
                         source.response.read()
                         raise _problem(source.response)
+                    _check_stream_type(source.response)
                     for sse in source.iter_sse():
+                        if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return
@@ -290,7 +300,10 @@ class AsyncDualCallClient:
                     if source.response.status_code != 200:
                         await source.response.aread()
                         raise _problem(source.response)
+                    _check_stream_type(source.response)
                     async for sse in source.aiter_sse():
+                        if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return

@@ -51,9 +51,9 @@ class Context:
 
     # -- worker facts ------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any] | None:
-        """The worker's /health body when it is JSON, else None (cached)."""
-        if not self._health_fetched:
+    def health(self, *, refresh: bool = False) -> dict[str, Any] | None:
+        """The worker's /health body when it is JSON, else None (cached unless ``refresh``)."""
+        if refresh or not self._health_fetched:
             self._health_fetched = True
             try:
                 response = self.probe.request("GET", self.base_url + "/health", auth=False)
@@ -105,6 +105,12 @@ class Context:
             body=body,
             response=response,
         )
+
+    def resolve_status(self, response: httpx.Response) -> str:
+        """Absolute status URL of a 202 submission."""
+        data = response.json()
+        reference = data.get("status_url") if isinstance(data.get("status_url"), str) else None
+        return resolve(self.probe.submit_url, reference or f"{SUBMIT_PATH}/{data['job_id']}")
 
     def job_url(self, job_id: str, suffix: str = "") -> str:
         return f"{self.base_url}{SUBMIT_PATH}/{job_id}{suffix}"

@@ -26,6 +26,19 @@ def event_data_schemas() -> dict[str, dict[str, Any]]:
     return {event: schemas[name]["properties"]["data"]["contentSchema"] for event, name in EVENT_SCHEMAS.items()}
 
 
+def schema_errors(name: str, payload: Any) -> list[str]:
+    """Violations of ``payload`` against ``#/components/schemas/<name>`` of the document."""
+    import jsonschema
+
+    document = openapi.load_document()
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'/'.join(str(part) for part in error.absolute_path) or '(body)'}: {error.message}"
+        for error in validator.iter_errors(payload)
+    ]
+
+
 def data_errors(event_type: str, payload: Any) -> list[str]:
     """Schema violations of one event's JSON data (empty when valid)."""
     import jsonschema

@@ -262,7 +262,7 @@ def _result(spec: CheckSpec, tally: _Tally, clean_message: str) -> CheckResult:
     duration = tally.seconds
     if tally.aborted is not None:
         message = tally.aborted
-        if findings:
+        if any(finding.check != _TRANSPORT for finding in findings):
             message += f"; {len(findings)} distinct finding(s) before that"
         return CheckResult(spec.id, spec.rule, spec.level, spec.title, "failed", message, exchanges, details, duration)
     if findings:
@@ -554,19 +554,27 @@ def _run_stateful(run: _Run, schema: Any, examples: int, seed: int | None) -> No
 
 def _cancel_created_jobs(run: _Run, token: str | None) -> None:
     """Best effort: cancel the jobs fuzzing created so a real engine does not keep generating them."""
-    if not run.created_jobs:
+    job_ids = list(dict.fromkeys(run.created_jobs))
+    if not job_ids:
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     import requests
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with requests.Session() as session:
-        for job_id in dict.fromkeys(run.created_jobs):
-            try:
-                session.delete(
+    headers = {"Connection": "close"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    deadline = time.monotonic() + 5.0
+
+    def cancel(job_id: str) -> None:
+        if time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                requests.delete(
                     f"{run.base_url}/v1/inference/{job_id}", headers=headers, timeout=min(2.0, run.timeout_s)
                 )
-            except Exception:
-                return
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(cancel, job_ids))
 
 
 def run_fuzz(

@@ -82,6 +82,11 @@ class StreamCapture:
         return _excerpt(self.raw, limit)[0]
 
 
+def _consumed(buffer: bytearray, done: SSEEvent) -> int:
+    """Offset just past the [DONE] event block inside ``buffer``."""
+    return buffer.find(done.raw) + len(done.raw) if done.raw else len(buffer)
+
+
 def _excerpt(body: bytes, limit: int = EXCERPT_BYTES) -> tuple[str, bool]:
     return body[:limit].decode("utf-8", errors="replace"), len(body) > limit
 
@@ -215,6 +220,8 @@ class Probe:
                     capture.events.append(event)
                     if event.data == "[DONE]":
                         capture.done_seen = True
+                        # whatever followed [DONE] in the same read also breaks DC-2.7
+                        capture.bytes_after_done += bytes(buffer[_consumed(buffer, event) :])
                         timer = threading.Timer(CLOSE_GRACE_S, response.close)
                         timer.daemon = True
                         timer.start()

@@ -11,6 +11,7 @@ import httpx
 from conformance.checks import CheckFailed, CheckSkipped, check
 from conformance.checks.problems import expect_problem
 from conformance.context import Context, Job
+from conformance.contract import schema_errors
 from conformance.probe import StreamCapture
 
 STATES = {"queued", "running", "completed", "failed", "cancelled"}
@@ -35,9 +36,9 @@ def _status(ctx: Context, job: Job) -> dict[str, Any]:
 def status_resource(ctx: Context) -> str:
     job, capture = ctx.completed_reference()
     body = _status(ctx, job)
-    for member in ("job_id", "state", "tokens_out", "created_at"):
-        if member not in body:
-            raise CheckFailed(f"the status body lacks {member!r}", f"body: {json.dumps(body)[:300]}")
+    errors = schema_errors("JobStatus", body)
+    if errors:
+        raise CheckFailed(f"the status body does not match JobStatus: {errors[0]}", *errors[1:4])
     if body["job_id"] != job.job_id:
         raise CheckFailed(f"status names job {body['job_id']!r}, expected {job.job_id!r}")
     if body["state"] not in STATES:
@@ -51,6 +52,20 @@ def status_resource(ctx: Context) -> str:
                 f"status tokens_out {body['tokens_out']} differs from end.tokens_out {end.get('tokens_out')}"
             )
     return f"state {body['state']}, tokens_out {body['tokens_out']}"
+
+
+def expect_cancel_answer(answer: httpx.Response, what: str) -> dict[str, Any]:
+    """DELETE answers 202 with the job's JobStatus (DC-3.2)."""
+    if answer.status_code != 202:
+        raise CheckFailed(f"DELETE of {what} answered {answer.status_code}, expected 202 with the job's status")
+    try:
+        body = answer.json()
+    except ValueError:
+        raise CheckFailed(f"DELETE of {what} answered 202 without a JSON JobStatus body") from None
+    errors = schema_errors("JobStatus", body)
+    if errors:
+        raise CheckFailed(f"DELETE of {what} answered a body that is not a JobStatus: {errors[0]}", *errors[1:4])
+    return body if isinstance(body, dict) else {}
 
 
 def _long_job(ctx: Context) -> Job:
@@ -77,9 +92,7 @@ def cancel_running(ctx: Context) -> str:
     capture = ctx.stream_of(job, on_event=cancel_after_first_token)
     if not answers:
         raise CheckSkipped("the stream sent no token event to cancel after")
-    answer = answers[0]
-    if answer.status_code not in (202, 204):
-        raise CheckFailed(f"DELETE of a running job answered {answer.status_code}, expected 202")
+    expect_cancel_answer(answers[0], "a running job")
     ends = [json.loads(e.data) for e in capture.protocol_events if e.event == "end"]
     tokens = sum(1 for e in capture.protocol_events if e.event == "token")
     if ends and ends[-1].get("stop_reason") != "cancelled":
@@ -107,9 +120,7 @@ def cancel_running(ctx: Context) -> str:
 )
 def gone_after_delete(ctx: Context) -> str:
     job = _long_job(ctx)
-    answer = ctx.probe.request("DELETE", job.status_url)
-    if answer.status_code not in (202, 204):
-        raise CheckFailed(f"DELETE answered {answer.status_code}, expected 202")
+    expect_cancel_answer(ctx.probe.request("DELETE", job.status_url), "a running job")
     for method, url in (("GET", job.status_url), ("GET", job.sse_url), ("DELETE", job.status_url)):
         if method == "GET" and url == job.sse_url:
             capture = ctx.probe.stream(url, stop_after_events=1)
@@ -126,10 +137,8 @@ def delete_finished(ctx: Context) -> str:
     capture = ctx.stream_of(job)
     if not capture.done_seen:
         raise CheckSkipped("the job's stream did not finish (see DC-STREAM-007)")
-    answer = ctx.probe.request("DELETE", job.status_url)
-    if answer.status_code not in (202, 204):
-        raise CheckFailed(f"DELETE of a finished job answered {answer.status_code}, expected 202")
-    return f"{answer.status_code} for a finished job"
+    body = expect_cancel_answer(ctx.probe.request("DELETE", job.status_url), "a finished job")
+    return f"202 for a finished job (state {body.get('state')})"
 
 
 @check(

@@ -125,6 +125,9 @@ def auth(ctx: Context) -> str:
             raise CheckFailed(f"{method} {url} without a valid token answered {response.status_code}, expected 401")
         if not response.headers.get("www-authenticate", "").lower().startswith("bearer"):
             raise CheckFailed(f"{method} {url} answered 401 without WWW-Authenticate: Bearer")
+        defects = problem_defects(401, response.headers, response.text)
+        if defects:
+            raise CheckFailed(f"{method} {url} answered a 401 that is not problem+json: {'; '.join(defects)}")
     health_response = ctx.probe.request("GET", ctx.base_url + "/health", auth=False)
     if health_response.status_code != 200:
         raise CheckFailed(f"/health without a token answered {health_response.status_code}; it must not need auth")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed, check
+from conformance.checks import CheckFailed, CheckSkipped, check
 from conformance.checks.problems import expect_problem
 from conformance.context import Context
 
@@ -17,6 +18,11 @@ _HEX = set("0123456789abcdefABCDEF")
 #: ids sampled to estimate randomness
 ID_SAMPLES = 8
 MIN_RANDOM_BITS = 122
+MAX_ID_LENGTH = 128
+#: most jobs submitted while looking for the queue bound
+QUEUE_PROBE_LIMIT = 160
+#: submissions in flight at once while probing the queue bound
+QUEUE_PROBE_PARALLEL = 8
 
 
 def _json(response: httpx.Response) -> Any:
@@ -88,6 +94,8 @@ def unguessable_ids(ctx: Context) -> str:
     for job_id in ids:
         if not _URL_SAFE.match(job_id):
             raise CheckFailed(f"job_id {job_id!r} has characters outside [A-Za-z0-9_-]")
+        if len(job_id) > MAX_ID_LENGTH:
+            raise CheckFailed(f"job_id is {len(job_id)} characters long; the contract allows at most {MAX_ID_LENGTH}")
     if len(set(ids)) != len(ids):
         raise CheckFailed("the worker handed out the same job_id twice", f"ids: {ids}")
     if all(job_id.isdigit() for job_id in ids):
@@ -218,3 +226,77 @@ def sse_url_resolves(ctx: Context) -> str:
         raise CheckFailed(f"sse_url {raw!r} resolved to {job.sse_url} which is not an event stream")
     kind = "absolute" if httpx.URL(raw).is_absolute_url else "relative"
     return f"{kind} reference {raw!r} -> {job.sse_url}"
+
+
+@check(
+    "DC-SUBMIT-011",
+    rule="DC-1.2",
+    level="MUST",
+    title="POST answers before generation finishes (the hand-off does not wait for tokens)",
+    area="submit",
+)
+def answers_at_once(ctx: Context) -> str:
+    """A long job is submitted and its status read straight away: it must not be finished already."""
+    job = ctx.submit(ctx.body(max_tokens=ctx.max_tokens_cap, temperature=0.7, seed=5))
+    try:
+        response = ctx.probe.request("GET", job.status_url)
+        state = response.json().get("state") if response.status_code == 200 else None
+        tokens_out = response.json().get("tokens_out") if response.status_code == 200 else None
+    except (ValueError, AttributeError):
+        state, tokens_out = None, None
+    finally:
+        ctx.probe.request("DELETE", job.status_url)
+    if state is None:
+        raise CheckSkipped("the job's status could not be read (see DC-JOB-001)")
+    if state in ("completed", "failed") and tokens_out == job.body["max_tokens"]:
+        raise CheckFailed(
+            f"right after the 202 the job was already {state} with all {tokens_out} tokens generated: "
+            "the POST waited for generation",
+            f"POST took {job.response.elapsed.total_seconds() * 1000:.0f} ms",
+        )
+    return f"202 after {job.response.elapsed.total_seconds() * 1000:.0f} ms; job then {state}"
+
+
+@check(
+    "DC-SUBMIT-012",
+    rule="DC-1.6",
+    level="MUST",
+    title="a full queue answers 503 problem with Retry-After",
+    area="submit",
+)
+def queue_full(ctx: Context) -> str:
+    """Long jobs are submitted in parallel waves until the worker pushes back (bounded), then all are cancelled."""
+    jobs: list[str] = []
+    refusals: list[httpx.Response] = []
+    body = ctx.body(max_tokens=ctx.max_tokens_cap, temperature=0.7, seed=9)
+    with ThreadPoolExecutor(QUEUE_PROBE_PARALLEL) as pool:
+        try:
+            while len(jobs) < QUEUE_PROBE_LIMIT and not refusals:
+                for response in pool.map(lambda _: ctx.probe.submit(body), range(QUEUE_PROBE_PARALLEL)):
+                    if response.status_code == 202:
+                        jobs.append(ctx.resolve_status(response))
+                    else:
+                        refusals.append(response)
+            if not refusals:
+                ctx.health(refresh=True)  # while the jobs still wait: the queue depth is evidence
+        finally:
+            kept = ctx.probe.exchanges[:1] + ctx.probe.exchanges[-1:]  # first submission and the refusal/health
+            list(pool.map(lambda url: ctx.probe.request("DELETE", url), jobs))
+            ctx.probe.exchanges[:] = kept
+    if not jobs:
+        raise CheckSkipped("needs dual-call submissions, but none was accepted (see DC-SUBMIT-001)")
+    if not refusals:
+        queue = (ctx.health() or {}).get("queue")
+        queued, bound = (queue.get("queued"), queue.get("limit")) if isinstance(queue, dict) else (None, None)
+        if isinstance(queued, int) and isinstance(bound, int) and queued > bound:
+            raise CheckFailed(
+                f"{len(jobs)} jobs accepted and {queued} waiting, beyond the advertised queue limit {bound}, "
+                "without a 503"
+            )
+        raise CheckSkipped(f"no 503 after {len(jobs)} queued jobs: the queue bound is larger than this probe goes")
+    refused = refusals[0]
+    problem = expect_problem(refused, 503)
+    retry_after = refused.headers.get("retry-after", "")
+    if not retry_after.strip().isdigit():
+        raise CheckFailed(f"503 without a Retry-After header in seconds (got {retry_after!r})")
+    return f"503 after {len(jobs)} jobs, Retry-After: {retry_after} ({problem.get('detail', '')[:60]})"

@@ -298,7 +298,7 @@ def _ids_too_long() -> None:
 @defect(
     "submit-waits-for-generation",
     "POST answers 202 only after the whole generation has run (the hand-off is not 'at once')",
-    caught_by=("DC-SUBMIT-001",),
+    caught_by=("DC-SUBMIT-011",),
 )
 def _submit_waits_for_generation() -> None:
     original = worker_app.submit.fn
@@ -1181,3 +1181,47 @@ def _auth_not_enforced_on_stream() -> None:
 
 
 __all__ = ["AUTH_TOKEN", "DEFECTS", "Defect"]
+
+
+# -- the queue bound (DC-1.6) ---------------------------------------------------------------------------------------
+
+
+@defect(
+    "queue-unbounded",
+    "the submit path never refuses work: jobs pile up past the advertised queue limit",
+    caught_by=("DC-SUBMIT-012",),
+    worker_args=("--concurrency", "2", "--queue-limit", "4"),
+)
+def _queue_unbounded() -> None:
+    def submit(self: JobRegistry, request: GenerationRequest) -> Job:
+        job = Job(id=worker_registry.new_job_id(), request=request)
+        self._jobs[job.id] = job
+        self._queued += 1
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        return job
+
+    JobRegistry.submit = submit  # type: ignore[method-assign]
+
+
+@defect(
+    "queue-full-without-retry-after",
+    "the full queue answers 503 but without Retry-After, so clients retry in a tight loop",
+    caught_by=("DC-SUBMIT-012",),
+    worker_args=("--concurrency", "2", "--queue-limit", "4"),
+)
+def _queue_full_without_retry_after() -> Middleware:
+    class NoRetryAfter(Rewriter):
+        def start(self, status: int, headers: Headers) -> tuple[int, Headers]:
+            return status, (drop_header(headers, "retry-after") if status == 503 else headers)
+
+    return rewrite(is_submit, NoRetryAfter)
+
+
+@defect(
+    "queue-full-500",
+    "a full queue surfaces as 500 Internal Server Error instead of 503",
+    caught_by=("DC-SUBMIT-012",),
+    worker_args=("--concurrency", "2", "--queue-limit", "4"),
+)
+def _queue_full_500() -> Middleware:
+    return _status_swap(is_submit, 503, 500)

@@ -31,7 +31,18 @@ pytestmark = pytest.mark.slow
 
 SERVE = Path(__file__).resolve().parents[1] / "broken_workers" / "serve.py"
 #: short TTL so the lifetime checks run; a small cap keeps DC-JOB-002's "long" job short
-WORKER_FLAGS = ("--ttl-s", "2", "--token-delay-ms", "1", "--max-tokens-cap", "512")
+WORKER_FLAGS = (
+    "--ttl-s",
+    "2",
+    "--token-delay-ms",
+    "1",
+    "--max-tokens-cap",
+    "512",
+    "--concurrency",
+    "2",
+    "--queue-limit",
+    "16",
+)
 OPTIONS = Options(timeout_s=5, ttl_budget_s=4)
 #: worker processes alive at once (the suite's client threads are mostly waiting on I/O)
 PARALLEL = 6

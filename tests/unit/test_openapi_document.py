@@ -49,8 +49,7 @@ STREAM_PATH = "/v1/inference/{job_id}/stream"
 
 EXPECTED_RULES = {
     "DC-1": ["MUST"] * 7 + ["MAY"],
-    "DC-2": ["MUST"] * 7
-    + ["SHOULD", "MUST", "MUST", "SHOULD", "MUST", "MUST", "SHOULD"],
+    "DC-2": ["MUST"] * 7 + ["SHOULD", "MUST", "MUST", "SHOULD", "MUST", "MUST", "SHOULD"],
     "DC-3": ["MUST"] * 4,
     "DC-4": ["MUST"] * 3,
     "DC-5": ["MUST"] * 5,
@@ -105,13 +104,9 @@ def walk_refs(node: Any) -> Iterator[str]:
             yield from walk_refs(value)
 
 
-def schema_validator(
-    doc: dict[str, Any], schema: dict[str, Any]
-) -> Draft202012Validator:
+def schema_validator(doc: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
     """A JSON Schema validator for ``schema`` whose ``#/...`` refs resolve in ``doc``."""
-    resource: Resource[Any] = DRAFT202012.create_resource(
-        {"$id": "urn:dualcall", **doc}
-    )
+    resource: Resource[Any] = DRAFT202012.create_resource({"$id": "urn:dualcall", **doc})
     registry: Registry[Any] = Registry().with_resource("urn:dualcall", resource)
     rooted = {"$ref": "urn:dualcall" + schema["$ref"]} if "$ref" in schema else schema
     return Draft202012Validator(rooted, registry=registry)
@@ -174,9 +169,7 @@ def test_security(doc: dict[str, Any]) -> None:
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": doc["components"]["securitySchemes"]["bearerAuth"][
-            "description"
-        ],
+        "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"],
     }
     for _, _, op in operations(doc):
         if op["operationId"] in JOB_OPERATIONS:
@@ -196,9 +189,7 @@ def test_every_error_response_is_problem_json(doc: dict[str, Any]) -> None:
             content = resolve(doc, response).get("content", {})
             where = f"{method.upper()} {path} {status}"
             assert list(content) == ["application/problem+json"], where
-            assert content["application/problem+json"]["schema"] == {
-                "$ref": PROBLEM_REF
-            }, where
+            assert content["application/problem+json"]["schema"] == {"$ref": PROBLEM_REF}, where
             checked += 1
     assert checked >= 14
 
@@ -237,9 +228,7 @@ def test_submit_response_headers_and_links(doc: dict[str, Any]) -> None:
     }
     accepted = post["responses"]["202"]
     assert accepted["headers"]["Location"]["required"] is True
-    assert accepted["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/SubmitResponse"
-    }
+    assert accepted["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/SubmitResponse"}
     links = accepted["links"]
     assert {name: link["operationId"] for name, link in links.items()} == {
         "stream": "streamInferenceJob",
@@ -248,9 +237,7 @@ def test_submit_response_headers_and_links(doc: dict[str, Any]) -> None:
     }
     for link in links.values():
         assert link["parameters"] == {"job_id": "$response.body#/job_id"}
-    retry_after = resolve(
-        doc, resolve(doc, post["responses"]["503"])["headers"]["Retry-After"]
-    )
+    retry_after = resolve(doc, resolve(doc, post["responses"]["503"])["headers"]["Retry-After"])
     assert retry_after["required"] is True
     assert retry_after["schema"]["type"] == "integer"
 
@@ -260,9 +247,7 @@ def test_success_responses_carry_contract_version_header(doc: dict[str, Any]) ->
     for path, method, op in operations(doc):
         for status, response in op["responses"].items():
             headers = resolve(doc, response).get("headers", {})
-            assert headers.get("Dualcall-Contract-Version") == ref, (
-                f"{method} {path} {status}"
-            )
+            assert headers.get("Dualcall-Contract-Version") == ref, f"{method} {path} {status}"
 
 
 def test_inference_request_schema(doc: dict[str, Any]) -> None:
@@ -333,9 +318,7 @@ def test_job_status_schema(doc: dict[str, Any]) -> None:
             "error": None,
         }
     )
-    assert validator.is_valid(
-        {**base, "stop_reason": "eos", "error": {"code": "c", "message": "m"}}
-    )
+    assert validator.is_valid({**base, "stop_reason": "eos", "error": {"code": "c", "message": "m"}})
     assert not validator.is_valid({**base, "state": "done"})
     assert not validator.is_valid({**base, "stop_reason": "length"})
 
@@ -360,11 +343,7 @@ def test_stream_declares_event_stream_with_item_schema(doc: dict[str, Any]) -> N
     events = {v["properties"].get("event", {}).get("const") for v in variants}
     assert events == {"started", "token", "end", "error", "message"}
     assert response["headers"]["Cache-Control"]["required"] is True
-    last_event_id = [
-        p
-        for p in doc["paths"][STREAM_PATH]["get"]["parameters"]
-        if p["name"] == "Last-Event-ID"
-    ]
+    last_event_id = [p for p in doc["paths"][STREAM_PATH]["get"]["parameters"] if p["name"] == "Last-Event-ID"]
     assert last_event_id and last_event_id[0]["in"] == "header"
     assert last_event_id[0]["schema"]["pattern"] == "^[0-9]+$"
 
@@ -468,9 +447,7 @@ def test_spec_mentions_only_defined_rules(spec_text: str) -> None:
     defined = {rule_id for rule_id, _ in RULE_HEADING.findall(spec_text)}
     sections = {rule_id.split(".")[0] for rule_id in defined}
     for token in ANY_DC_TOKEN.findall(spec_text):
-        assert token in defined or token in sections, (
-            f"undefined rule id {token!r} in SPEC.md"
-        )
+        assert token in defined or token in sections, f"undefined rule id {token!r} in SPEC.md"
 
 
 def test_document_cites_only_defined_rules(doc: dict[str, Any], spec_text: str) -> None:

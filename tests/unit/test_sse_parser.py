@@ -34,9 +34,7 @@ def codes(data: bytes) -> list[str]:
     return [i.code for i in issues]
 
 
-def feed_chunks(
-    chunks: list[bytes], *, strict: bool = False
-) -> tuple[list[SSEEvent], SSEParser]:
+def feed_chunks(chunks: list[bytes], *, strict: bool = False) -> tuple[list[SSEEvent], SSEParser]:
     parser = SSEParser(strict=strict)
     out: list[SSEEvent] = []
     for chunk in chunks:
@@ -172,9 +170,7 @@ def test_second_bom_is_not_stripped() -> None:
 
 
 def test_bom_inside_value_is_data() -> None:
-    assert simple(b"\xef\xbb\xbfdata: \xef\xbb\xbfx\n\n") == [
-        ("message", "\ufeffx", None)
-    ]
+    assert simple(b"\xef\xbb\xbfdata: \xef\xbb\xbfx\n\n") == [("message", "\ufeffx", None)]
 
 
 def test_bom_not_at_stream_start_is_not_stripped() -> None:
@@ -201,9 +197,7 @@ def test_comments_are_ignored_and_recorded() -> None:
     parser = SSEParser()
     got = parser.feed(b": keep-alive\n:no-space\n:\ndata: a\n\n")
     got += parser.close()
-    assert [(e.data, e.raw) for e in got] == [
-        ("a", b": keep-alive\n:no-space\n:\ndata: a\n\n")
-    ]
+    assert [(e.data, e.raw) for e in got] == [("a", b": keep-alive\n:no-space\n:\ndata: a\n\n")]
     assert parser.comments == ["keep-alive", "no-space", ""]
     assert parser.issues == []
 
@@ -289,9 +283,7 @@ def test_last_event_field_wins() -> None:
 
 
 def test_id_persists_and_resets() -> None:
-    stream = (
-        b"id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\nid\ndata: d\n\ndata: e\n\n"
-    )
+    stream = b"id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\nid\ndata: d\n\ndata: e\n\n"
     evs = events_of(stream)
     assert [(e.data, e.id, e.has_id_field) for e in evs] == [
         ("a", "1", True),
@@ -369,9 +361,7 @@ def test_unknown_field_ignored() -> None:
 
 def test_trailing_event_without_blank_line_discarded() -> None:
     parser = SSEParser(strict=True)
-    assert parser.feed(b"data: a\n\ndata: b\n") == [
-        SSEEvent("message", "a", None, None, b"data: a\n\n", 1, False)
-    ]
+    assert parser.feed(b"data: a\n\ndata: b\n") == [SSEEvent("message", "a", None, None, b"data: a\n\n", 1, False)]
     assert parser.close() == []
     assert [i.code for i in parser.issues] == ["trailing-incomplete-event"]
     assert parser.issues[0].offset == 9
@@ -452,14 +442,7 @@ def test_invalid_utf8_replaced() -> None:
 
 
 def test_raw_is_exact_event_block() -> None:
-    stream = (
-        b": hello\n\n"
-        b"event: a\nid: 1\ndata: x\n\n"
-        b"event: ignored\n\n"
-        b"data: y\r\n\r\n"
-        b"\n\n"
-        b"retry: 3\ndata: z\n\n"
-    )
+    stream = b": hello\n\nevent: a\nid: 1\ndata: x\n\nevent: ignored\n\ndata: y\r\n\r\n\n\nretry: 3\ndata: z\n\n"
     evs = events_of(stream)
     assert [e.raw for e in evs] == [
         b"event: a\nid: 1\ndata: x\n\n",
@@ -594,9 +577,7 @@ _PIECES = [
     b"\n\n",
 ]
 
-streams = st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join) | st.binary(
-    max_size=200
-)
+streams = st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join) | st.binary(max_size=200)
 
 
 @settings(max_examples=300, deadline=None)
@@ -608,9 +589,7 @@ def test_any_chunking_gives_identical_results(stream: bytes, cuts: list[int]) ->
 @settings(max_examples=300, deadline=None)
 @given(stream=streams)
 def test_matches_naive_reference(stream: bytes) -> None:
-    got = [
-        (e.event, e.data, e.id if e.id is not None else "") for e in events_of(stream)
-    ]
+    got = [(e.event, e.data, e.id if e.id is not None else "") for e in events_of(stream)]
     assert got == reference(stream)
 
 
