@@ -91,6 +91,8 @@ _STATEFUL_CHECKS = ("use_after_free", "ensure_resource_availability")
 _UNKNOWN_JOB = "unknown_job_not_found"
 _TRANSPORT = "transport_error"
 _INTERNAL = "schemathesis_error"
+#: requests in a row without a response after which the run stops (the target is down or hangs)
+_MAX_CONSECUTIVE_FAILURES = 3
 _MASKED_TOKEN = "Bearer <redacted>"
 _NOISE_HEADERS = {"x-schemathesis-testcaseid"}
 
@@ -295,6 +297,8 @@ class _Run:
         self.out_of_time = False
         self.created_jobs: list[str] = []
         self.connection_failures = 0
+        self.consecutive_failures = 0
+        self.halted: str | None = None
         self.unreachable_reason: str | None = None
         self.responses = 0
         self.negative_submits = 0
@@ -323,6 +327,9 @@ class _Run:
                 self.on_progress = None
 
     def time_left(self) -> bool:
+        """Whether another request may be sent: time budget left, and the target still answers."""
+        if self.halted is not None:
+            return False
         if time.monotonic() >= self.deadline:
             self.out_of_time = True
             return False
@@ -381,11 +388,18 @@ class _Run:
             if _is_connection_failure(exc):
                 self.connection_failures += 1
                 self.unreachable_reason = self.unreachable_reason or _connection_reason(exc)
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
+                self.halted = (
+                    f"fuzzing stopped after {self.consecutive_failures} requests in a row got no response "
+                    f"(last: {_connection_reason(exc)})"
+                )
             note = _Note("Request failed", _describe_error(exc))
             exchange = _exchange_from_error(exc, case, self.base_url)
             self.record_failure(check_id, _TRANSPORT, case=case, status=None, failure=note, ex=exchange)
             return None
         self.responses += 1
+        self.consecutive_failures = 0
         self.tallies[check_id].requests += 1
         if check_id == "DC-FUZZ-001" and _is_negative(case):
             self.negative_submits += 1
@@ -426,6 +440,8 @@ def _connection_reason(exc: BaseException) -> str:
         return match.group(1).strip().rstrip(".").lower()
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "host name not found"
+    if "read timed out" in text.lower():
+        return "no response within the request timeout"
     if "timed out" in text.lower():
         return "connection timed out"
     return _describe_error(exc)
@@ -469,8 +485,6 @@ def _fuzz_operation(
     def test(case: Any) -> None:
         if not run.time_left():
             return
-        if run.connection_failures >= 3 and run.responses == 0:
-            return  # the target is down; the caller reports it once
         response = run.call(check_id_for(_TRANSPORT), case)
         if response is None:
             return
@@ -614,6 +628,9 @@ def run_fuzz(
             tally.aborted = reason
             for finding in tally.findings.values():
                 finding.count = 1  # the same refused connection, not a finding per request
+    elif run.halted is not None:
+        for tally in run.tallies.values():
+            tally.aborted = tally.aborted or run.halted
     if run.out_of_time:
         note = f"time budget of {budget_s:.0f} s spent: later examples were not sent"
         for tally in run.tallies.values():
@@ -683,7 +700,7 @@ def _fuzz(
     # Every submit response was validated for DC-FUZZ-002 as well.
     run.tallies["DC-FUZZ-002"].requests += run.tallies["DC-FUZZ-001"].requests
     run.tallies["DC-FUZZ-002"].operations |= run.tallies["DC-FUZZ-001"].operations
-    if run.responses == 0 and run.connection_failures:
+    if run.halted is not None:
         return
 
     examples = max(1, max_examples // 5)

@@ -15,6 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.types import Message, Scope
 
@@ -190,7 +191,7 @@ def _unknown(job_id: str) -> ProblemException:
 
 
 @get(SUBMIT_PATH + "/{job_id:str}/stream", guards=[require_bearer])
-async def stream(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
+async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
     try:
         events: AsyncIterator[bytes] = _registry(request).open_stream(job_id, last_event_id)
@@ -206,7 +207,7 @@ async def stream(request: Request[Any, Any, Any], job_id: str) -> Response[Any]:
 
 
 @get(SUBMIT_PATH + "/{job_id:str}", guards=[require_bearer])
-async def status(request: Request[Any, Any, Any], job_id: str) -> JobStatus:
+async def status(request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobStatus:
     try:
         return job_status(_registry(request).get(job_id))
     except UnknownJob:
@@ -214,7 +215,7 @@ async def status(request: Request[Any, Any, Any], job_id: str) -> JobStatus:
 
 
 @delete(SUBMIT_PATH + "/{job_id:str}", guards=[require_bearer], status_code=202)
-async def cancel(request: Request[Any, Any, Any], job_id: str) -> Response[JobStatus]:
+async def cancel(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[JobStatus]:
     try:
         job = await _registry(request).cancel(job_id)
     except UnknownJob:
