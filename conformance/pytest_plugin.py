@@ -6,6 +6,7 @@ installed; it adds items only when ``--dualcall-url`` is given.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ class DualcallItem(pytest.Item):
         if result.outcome == "failed":
             raise DualcallCheckFailure(result)
         if result.outcome == "warning":
-            self.warn(pytest.PytestWarning(f"{result.id} [{result.rule} {result.level}] {result.message}"))
+            # not self.warn(): that needs a line number, and a check item has none
+            warnings.warn(
+                pytest.PytestWarning(f"{result.id} [{result.rule} {result.level}] {result.message}"), stacklevel=1
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, DualcallCheckFailure):
@@ -110,6 +114,24 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
     return results
 
 
+def _preflight(config: pytest.Config) -> None:
+    """An unreachable or non-HTTP target is a usage error (exit 4), not one failure per check."""
+    from conformance.probe import Probe, TargetUnreachable
+    from conformance.runner import preflight
+
+    probe = Probe(
+        str(config.getoption("--dualcall-url")).rstrip("/"),
+        token=config.getoption("--dualcall-token"),
+        timeout_s=config.getoption("--dualcall-timeout"),
+    )
+    try:
+        preflight(probe)
+    except TargetUnreachable as exc:
+        raise pytest.UsageError(f"dualcall: {exc}") from None
+    finally:
+        probe.close()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dualcall: a dualcall conformance check")
 
@@ -118,5 +140,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.getoption("--dualcall-url"):
         return
+    _preflight(config)
     collector = DualcallCollector.from_parent(session, name="dualcall-conformance")
     items[:0] = list(collector.collect())
