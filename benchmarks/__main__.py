@@ -105,9 +105,8 @@ def main() -> int:
     for label, row in rows.items():
         ratio = row["events_per_s"] / rows["core"]["events_per_s"]
         first = f"{row['first_event_ms']:.1f} ms" if "first_event_ms" in row else "-"
-        print(
-            f"{label:<8} {row['events']:>7} {row['seconds']:>8.3f} {row['events_per_s']:>10.0f} {ratio:>7.2f}x {first:>12}"
-        )
+        rate = row["events_per_s"]
+        print(f"{label:<8} {row['events']:>7} {row['seconds']:>8.3f} {rate:>10.0f} {ratio:>7.2f}x {first:>12}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
