@@ -95,7 +95,7 @@ def _request_body_text(content: bytes | None) -> str | None:
     if content is None or content == b"":
         return None
     text, truncated = _excerpt(content, 2000)
-    return text + (" …[truncated]" if truncated else "")
+    return text if not truncated else f"{text[:200]} …[truncated: {len(content)} bytes in all]"
 
 
 class Probe:

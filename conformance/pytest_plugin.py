@@ -117,7 +117,11 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
 def _preflight(config: pytest.Config) -> None:
     """An unreachable or non-HTTP target is a usage error (exit 4), not one failure per check."""
     from conformance.probe import Probe, TargetUnreachable
-    from conformance.runner import preflight
+    from conformance.runner import preflight, unknown_ids
+
+    unknown = unknown_ids(sorted(_selected(config) or ()))
+    if unknown:
+        raise pytest.UsageError(f"dualcall: unknown check id(s) in --dualcall-checks: {', '.join(unknown)}")
 
     probe = Probe(
         str(config.getoption("--dualcall-url")).rstrip("/"),
@@ -142,4 +146,4 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     _preflight(config)
     collector = DualcallCollector.from_parent(session, name="dualcall-conformance")
-    items[:0] = list(collector.collect())
+    items[:0] = list(session.genitems(collector))  # genitems: reported, so "N tests collected" counts them

@@ -35,7 +35,9 @@ TIMEOUT_S = 120
 FULL_RUN_GOAL_S = 30.0
 
 
-def conformance(*args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def conformance(
+    *args: str, env: dict[str, str] | None = None, timeout: float = TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     base_env = {key: value for key, value in os.environ.items() if key != "DUALCALL_TOKEN"}
     return subprocess.run(
         [sys.executable, "-m", "conformance", *args],
@@ -365,7 +367,9 @@ def test_should_failure_is_a_warning_unless_level_should(legacy_worker: WorkerPr
     assert "/metrics" in must_check["message"]
     assert load_json(must_json)["summary"]["warnings"] == 1
 
-    at_should = conformance(legacy_worker.url, "--checks", "DC-SVC-003", "--level", "should", "--json", str(should_json))
+    at_should = conformance(
+        legacy_worker.url, "--checks", "DC-SVC-003", "--level", "should", "--json", str(should_json)
+    )
     assert at_should.returncode == EXIT_FAILED, explain(at_should)
     should_report = load_json(should_json)
     assert should_report["threshold"] == "should"

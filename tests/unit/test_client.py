@@ -263,10 +263,10 @@ def test_comments_and_keepalives_are_ignored(router: respx.MockRouter) -> None:
     "bad_frame",
     [
         "id: 1\nevent: token\ndata: not json\n\n",
-        "id: 1\nevent: token\ndata: {\"index\": 0}\n\n",
-        "id: one\nevent: started\ndata: {\"job_id\": \"x\"}\n\n",
+        'id: 1\nevent: token\ndata: {"index": 0}\n\n',
+        'id: one\nevent: started\ndata: {"job_id": "x"}\n\n',
         "id: 1\nevent: narration\ndata: {}\n\n",
-        "id: 1\ndata: {\"index\": 0, \"text\": \"no event type\"}\n\n",
+        'id: 1\ndata: {"index": 0, "text": "no event type"}\n\n',
     ],
 )
 def test_off_contract_events_raise_protocol_error(router: respx.MockRouter, bad_frame: str) -> None:
@@ -280,7 +280,9 @@ def test_hostile_token_texts_round_trip_exactly(router: respx.MockRouter, chunk_
     """\\n, \\r\\n, `data: [DONE]`, `[DONE]`, emoji: all inside JSON, split at any byte (even inside UTF-8)."""
     body = ("".join(stream_frames(HOSTILE)) + DONE).encode()
     router.get(submission().sse_url).mock(
-        side_effect=lambda request: httpx.Response(200, headers={"content-type": SSE}, content=chunked(body, chunk_size))
+        side_effect=lambda request: httpx.Response(
+            200, headers={"content-type": SSE}, content=chunked(body, chunk_size)
+        )
     )
     with DualCallClient(BASE) as client:
         events = list(client.events(submission()))
@@ -292,7 +294,9 @@ def test_hostile_token_texts_round_trip_exactly(router: respx.MockRouter, chunk_
 
 def test_hostile_texts_survive_ascii_escaped_json(router: respx.MockRouter) -> None:
     """A worker may escape non-ASCII (\\ud83d\\udc69...) instead of sending UTF-8; same text comes out."""
-    frames = [f"id: {2 + i}\nevent: token\ndata: {json.dumps({'index': i, 'text': t})}\n\n" for i, t in enumerate(HOSTILE)]
+    frames = [
+        f"id: {2 + i}\nevent: token\ndata: {json.dumps({'index': i, 'text': t})}\n\n" for i, t in enumerate(HOSTILE)
+    ]
     router.get(submission().sse_url).mock(return_value=sse_response("".join(frames) + DONE))
     with DualCallClient(BASE) as client:
         assert [e.text for e in client.events(submission()) if isinstance(e, Token)] == HOSTILE
@@ -392,7 +396,9 @@ def test_status_and_cancel_use_status_url(router: respx.MockRouter) -> None:
     status_url = "http://control.internal/jobs/j-1"
     router.post(POST_URL).mock(return_value=accepted(status_url=status_url))
     get = router.get(status_url).mock(return_value=httpx.Response(200, json={"job_id": JOB, "state": "running"}))
-    delete = router.delete(status_url).mock(return_value=httpx.Response(202, json={"job_id": JOB, "state": "cancelled"}))
+    delete = router.delete(status_url).mock(
+        return_value=httpx.Response(202, json={"job_id": JOB, "state": "cancelled"})
+    )
     with DualCallClient(BASE) as client:
         job = client.submit("Hello")
         assert client.status(job)["state"] == "running"
