@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,6 +43,7 @@ class Context:
     _health: dict[str, Any] | None = None
     _health_fetched: bool = False
     _reference: tuple[Job, StreamCapture] | None = None
+    _reference_at: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
     diagnoses: list[Diagnosis] = field(default_factory=list)
 
@@ -112,15 +114,26 @@ class Context:
         reference = data.get("status_url") if isinstance(data.get("status_url"), str) else None
         return resolve(self.probe.submit_url, reference or f"{SUBMIT_PATH}/{data['job_id']}")
 
+    def resolve_stream(self, response: httpx.Response) -> str:
+        """Absolute stream URL of a 202 submission."""
+        return resolve(self.probe.submit_url, response.json()["sse_url"])
+
     def job_url(self, job_id: str, suffix: str = "") -> str:
         return f"{self.base_url}{SUBMIT_PATH}/{job_id}{suffix}"
 
     def reference(self) -> tuple[Job, StreamCapture]:
-        """One ordinary job read to its end, shared by the grammar checks."""
-        if self._reference is None:
+        """One ordinary job read to its end, shared by the grammar checks.
+
+        Renewed when half the advertised job TTL has passed since it was read, so checks that
+        replay or query it never race the worker's reclaim of finished jobs.
+        """
+        ttl = (self.health() or {}).get("job_ttl_s")
+        stale = isinstance(ttl, int | float) and time.monotonic() - self._reference_at > ttl / 2
+        if self._reference is None or stale:
             job = self.submit()
             capture = self.probe.stream(job.sse_url)
             self._reference = (job, capture)
+            self._reference_at = time.monotonic()
         return self._reference
 
     def stream_of(self, job: Job, **kwargs: Any) -> StreamCapture:

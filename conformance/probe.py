@@ -43,6 +43,10 @@ class StreamCapture:
     closed_after_done: bool = False
     bytes_after_done: bytes = b""
     truncated: bool = False
+    #: the read was ended by ``max_duration_s`` (not an error: the check asked for a bounded read)
+    timed_out: bool = False
+    #: the suite closed the connection (deadline, or the server kept it open after [DONE])
+    closed_by_suite: bool = False
     error: str | None = None
     elapsed_s: float = 0.0
     first_event_s: float | None = None
@@ -80,6 +84,13 @@ class StreamCapture:
 
     def excerpt(self, limit: int = 400) -> str:
         return _excerpt(self.raw, limit)[0]
+
+
+def _stop_reading(capture: StreamCapture, response: httpx.Response, *, deadline: bool) -> None:
+    """Timer callback: close the connection from the suite's side."""
+    capture.closed_by_suite = True
+    capture.timed_out = capture.timed_out or deadline
+    response.close()
 
 
 def _consumed(buffer: bytearray, done: SSEEvent) -> int:
@@ -185,6 +196,7 @@ class Probe:
         content: bytes | None = None,
         stop_after_events: int | None = None,
         on_event: Any = None,
+        max_duration_s: float | None = None,
     ) -> StreamCapture:
         """Read a stream to its end (or ``stop_after_events``), recording raw bytes and timing.
 
@@ -203,11 +215,18 @@ class Probe:
         started = time.perf_counter()
         buffer = bytearray()
         timer: threading.Timer | None = None
+        deadline: threading.Timer | None = None
         response: httpx.Response | None = None
         try:
             response = self.http.send(request, stream=True)
             capture.status = response.status_code
             capture.headers = dict(response.headers)
+            if max_duration_s is not None:
+                deadline = threading.Timer(
+                    max_duration_s, _stop_reading, args=(capture, response), kwargs={"deadline": True}
+                )
+                deadline.daemon = True
+                deadline.start()
             for chunk in response.iter_raw():
                 if capture.done_seen:
                     capture.bytes_after_done += chunk
@@ -222,7 +241,9 @@ class Probe:
                         capture.done_seen = True
                         # whatever followed [DONE] in the same read also breaks DC-2.7
                         capture.bytes_after_done += bytes(buffer[_consumed(buffer, event) :])
-                        timer = threading.Timer(CLOSE_GRACE_S, response.close)
+                        timer = threading.Timer(
+                            CLOSE_GRACE_S, _stop_reading, args=(capture, response), kwargs={"deadline": False}
+                        )
                         timer.daemon = True
                         timer.start()
                         break
@@ -239,17 +260,18 @@ class Probe:
                     break
             else:
                 if capture.done_seen:
-                    capture.closed_after_done = True
+                    capture.closed_after_done = not capture.closed_by_suite
                 else:
                     capture.events.extend(parser.close())
         except httpx.StreamClosed:
             pass  # our own close after the grace period: the server kept the connection open
         except httpx.HTTPError as exc:
-            if not (capture.done_seen and timer is not None and not timer.is_alive()):
+            if not capture.closed_by_suite:
                 capture.error = f"{type(exc).__name__}: {exc}"
         finally:
-            if timer is not None:
-                timer.cancel()
+            for pending in (timer, deadline):
+                if pending is not None:
+                    pending.cancel()
             if response is not None:
                 response.close()
         capture.raw = bytes(buffer)

@@ -50,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    with WorkerProcess("mock", "--ttl-s", "2", "--token-delay-ms", "1") as mock:
+    with WorkerProcess("mock", "--ttl-s", "2", "--keepalive-s", "1", "--token-delay-ms", "1") as mock:
         print(f"mock worker: {mock.url}", flush=True)
         mock_code, mock_report = run_suite(mock.url, "mock", args.out, args.suite_args)
     mock_seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ import threading
 
 from conformance.checks import CheckFailed, CheckSkipped, check
 from conformance.checks.problems import expect_problem
+from conformance.checks.submit import saturated_queue
 from conformance.context import Context
 from conformance.contract import data_errors
 from conformance.probe import StreamCapture
@@ -327,3 +328,39 @@ def no_content_after_end(ctx: Context) -> str:
             f"body: {capture.excerpt(200)!r}",
         )
     return "204 after the final event"
+
+
+@check(
+    "DC-STREAM-013",
+    rule="DC-2.8",
+    level="SHOULD",
+    title="an idle stream carries `: keep-alive` comments at the advertised interval",
+    area="stream",
+)
+def keep_alive(ctx: Context) -> str:
+    """A job held in a full queue has an idle stream: comments must arrive while it waits."""
+    interval = (ctx.health() or {}).get("keepalive_s")
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise CheckSkipped("the worker does not advertise keepalive_s in /health")
+    if interval > ctx.options.ttl_budget_s:
+        raise CheckSkipped(
+            f"keepalive_s is {interval:g}s, longer than --ttl-budget {ctx.options.ttl_budget_s:g}s; "
+            "run the worker with a short keep-alive interval to check it"
+        )
+    with saturated_queue(ctx) as queue:
+        if queue.refusal is None or not queue.accepted:
+            raise CheckSkipped("could not fill the queue, so no stream could be made idle")
+        waiting = queue.accepted[-1]
+        capture = ctx.probe.stream(ctx.resolve_stream(waiting), max_duration_s=interval * 1.5 + 0.5)
+    if capture.status != 200:
+        raise CheckFailed(f"the stream of a queued job answered {capture.status}")
+    if capture.comments:
+        return (
+            f"{len(capture.comments)} comment(s) on a stream idle for {capture.elapsed_s:.1f}s (interval {interval:g}s)"
+        )
+    if capture.first_event_s is not None and capture.first_event_s < interval:
+        raise CheckSkipped("the queued job started before a keep-alive interval passed")
+    raise CheckFailed(
+        f"no comment line on a stream idle for {capture.elapsed_s:.1f}s although keepalive_s is {interval:g}",
+        f"received: {capture.excerpt(200)!r}",
+    )

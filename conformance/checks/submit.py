@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -257,6 +260,36 @@ def answers_at_once(ctx: Context) -> str:
     return f"202 after {job.response.elapsed.total_seconds() * 1000:.0f} ms; job then {state}"
 
 
+@dataclass(slots=True)
+class Saturation:
+    """Jobs accepted while filling the queue, and the first refusal (if the worker pushed back)."""
+
+    accepted: list[httpx.Response]
+    refusal: httpx.Response | None
+
+
+@contextmanager
+def saturated_queue(ctx: Context) -> Iterator[Saturation]:
+    """Submit long jobs in parallel waves until the worker refuses one (bounded); cancel them all after."""
+    body = ctx.body(max_tokens=ctx.max_tokens_cap, temperature=0.7, seed=9)
+    result = Saturation(accepted=[], refusal=None)
+    with ThreadPoolExecutor(QUEUE_PROBE_PARALLEL) as pool:
+        try:
+            while len(result.accepted) < QUEUE_PROBE_LIMIT and result.refusal is None:
+                for response in pool.map(lambda _: ctx.probe.submit(body), range(QUEUE_PROBE_PARALLEL)):
+                    if response.status_code == 202:
+                        result.accepted.append(response)
+                    elif result.refusal is None:
+                        result.refusal = response
+            kept = ctx.probe.exchanges[:1] + ctx.probe.exchanges[-1:]  # keep the evidence short
+            ctx.probe.exchanges[:] = kept
+            yield result
+        finally:
+            kept = list(ctx.probe.exchanges)
+            list(pool.map(lambda response: ctx.probe.request("DELETE", ctx.resolve_status(response)), result.accepted))
+            ctx.probe.exchanges[:] = kept
+
+
 @check(
     "DC-SUBMIT-012",
     rule="DC-1.6",
@@ -265,38 +298,24 @@ def answers_at_once(ctx: Context) -> str:
     area="submit",
 )
 def queue_full(ctx: Context) -> str:
-    """Long jobs are submitted in parallel waves until the worker pushes back (bounded), then all are cancelled."""
-    jobs: list[str] = []
-    refusals: list[httpx.Response] = []
-    body = ctx.body(max_tokens=ctx.max_tokens_cap, temperature=0.7, seed=9)
-    with ThreadPoolExecutor(QUEUE_PROBE_PARALLEL) as pool:
-        try:
-            while len(jobs) < QUEUE_PROBE_LIMIT and not refusals:
-                for response in pool.map(lambda _: ctx.probe.submit(body), range(QUEUE_PROBE_PARALLEL)):
-                    if response.status_code == 202:
-                        jobs.append(ctx.resolve_status(response))
-                    else:
-                        refusals.append(response)
-            if not refusals:
-                ctx.health(refresh=True)  # while the jobs still wait: the queue depth is evidence
-        finally:
-            kept = ctx.probe.exchanges[:1] + ctx.probe.exchanges[-1:]  # first submission and the refusal/health
-            list(pool.map(lambda url: ctx.probe.request("DELETE", url), jobs))
-            ctx.probe.exchanges[:] = kept
-    if not jobs:
-        raise CheckSkipped("needs dual-call submissions, but none was accepted (see DC-SUBMIT-001)")
-    if not refusals:
-        queue = (ctx.health() or {}).get("queue")
-        queued, bound = (queue.get("queued"), queue.get("limit")) if isinstance(queue, dict) else (None, None)
+    """Long jobs are submitted until the worker pushes back (bounded), then all are cancelled."""
+    with saturated_queue(ctx) as queue:
+        if not queue.accepted:
+            raise CheckSkipped("needs dual-call submissions, but none was accepted (see DC-SUBMIT-001)")
+        if queue.refusal is None:
+            depth = (ctx.health(refresh=True) or {}).get("queue")
+    if queue.refusal is None:
+        queued, bound = (depth.get("queued"), depth.get("limit")) if isinstance(depth, dict) else (None, None)
         if isinstance(queued, int) and isinstance(bound, int) and queued > bound:
             raise CheckFailed(
-                f"{len(jobs)} jobs accepted and {queued} waiting, beyond the advertised queue limit {bound}, "
-                "without a 503"
+                f"{len(queue.accepted)} jobs accepted and {queued} waiting, beyond the advertised queue limit "
+                f"{bound}, without a 503"
             )
-        raise CheckSkipped(f"no 503 after {len(jobs)} queued jobs: the queue bound is larger than this probe goes")
-    refused = refusals[0]
-    problem = expect_problem(refused, 503)
-    retry_after = refused.headers.get("retry-after", "")
+        raise CheckSkipped(
+            f"no 503 after {len(queue.accepted)} queued jobs: the queue bound is larger than this probe goes"
+        )
+    problem = expect_problem(queue.refusal, 503)
+    retry_after = queue.refusal.headers.get("retry-after", "")
     if not retry_after.strip().isdigit():
         raise CheckFailed(f"503 without a Retry-After header in seconds (got {retry_after!r})")
-    return f"503 after {len(jobs)} jobs, Retry-After: {retry_after} ({problem.get('detail', '')[:60]})"
+    return f"503 after {len(queue.accepted)} jobs, Retry-After: {retry_after} ({problem.get('detail', '')[:60]})"

@@ -1225,3 +1225,14 @@ def _queue_full_without_retry_after() -> Middleware:
 )
 def _queue_full_500() -> Middleware:
     return _status_swap(is_submit, 503, 500)
+
+
+@defect(
+    "no-keepalive",
+    "idle streams stay silent: proxies with idle timeouts cut a long-queued job's stream",
+    caught_by=(),
+    warned_by=("DC-STREAM-013",),
+)
+def _no_keepalive() -> None:
+    worker_sse.KEEPALIVE = b""  # type: ignore[misc]
+    return None

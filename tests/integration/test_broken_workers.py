@@ -42,6 +42,8 @@ WORKER_FLAGS = (
     "2",
     "--queue-limit",
     "16",
+    "--keepalive-s",
+    "1",
 )
 OPTIONS = Options(timeout_s=5, ttl_budget_s=4)
 #: worker processes alive at once (the suite's client threads are mostly waiting on I/O)
