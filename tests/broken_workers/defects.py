@@ -1235,4 +1235,3 @@ def _queue_full_500() -> Middleware:
 )
 def _no_keepalive() -> None:
     worker_sse.KEEPALIVE = b""  # type: ignore[misc]
-    return None
