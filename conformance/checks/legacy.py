@@ -34,6 +34,8 @@ def _describe_stream(capture: StreamCapture) -> list[str]:
     ]
     events = capture.events
     plain = [event for event in events if event.data != "[DONE]" and not _is_json(event.data)]
+    # show a token line rather than a narration line when there is one
+    plain.sort(key=lambda event: event.event != "message")
     narration = sorted({event.event for event in events if event.event not in ("message", "token")})
     if plain:
         observations.append(f"{len(plain)} event(s) carry raw text in data: (e.g. {plain[0].data[:40]!r}), not JSON")

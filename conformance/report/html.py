@@ -49,6 +49,7 @@ th, td { text-align: left; vertical-align: top; padding: .35rem .6rem; border-bo
 th { background: var(--panel); position: sticky; top: 0; }
 tr.failed td { background: #fff5f5; } tr.warning td { background: #fff8e6; }
 td.msg { color: var(--muted); word-break: break-word; }
+td:nth-child(-n+4) { white-space: nowrap; }
 td.msg, details > p, details li, .diagnosis li { white-space: pre-wrap; }
 details { border: 1px solid var(--line); border-radius: 8px; margin: .6rem 0; padding: .4rem .9rem; }
 details.failed { border-left: 6px solid var(--fail); } details.warning { border-left: 6px solid var(--warn); }
