@@ -102,6 +102,13 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
             outcome = outcome_for(spec.level, threshold)
             message, details = f"HTTP failure during the check: {type(exc).__name__}: {exc}", []
             level = spec.level
+        except ImportError as exc:  # the suite's own installation, not the worker
+            outcome = outcome_for(spec.level, threshold)
+            message, details = (
+                f"the conformance suite is missing a dependency: {exc}",
+                ["reinstall: pip install dualcall"],
+            )
+            level = spec.level
         except Exception as exc:  # a check must never take the run down; say what broke
             outcome = outcome_for(spec.level, threshold)
             message, details = f"the worker's answers broke the check: {type(exc).__name__}: {exc}", []
