@@ -5,7 +5,9 @@ bottleneck):
 
 * ``core``: events/s the registry publishes and one in-process reader consumes (no HTTP);
 * ``http-1``: events/s one HTTP reader receives over loopback, and time to first event;
-* ``http-8``: events/s summed over 8 concurrent HTTP readers of one job (replay fan-out).
+* ``http-8``: events/s summed over 8 concurrent HTTP readers of one job (replay fan-out);
+* ``soak``: many short jobs (half the readers drop mid-stream), then the TTL: retained jobs
+  must return to 0 and the worker's RSS must stay flat.
 
 Ratios are computed within the same run, because absolute numbers on a shared 2-core
 machine are noisy. Results go to stdout and ``--json PATH``.
@@ -78,10 +80,61 @@ def http_run(url: str, tokens: int, readers: int) -> tuple[float, float, int]:
     return wall, statistics.median(first for _, first, _ in results), sum(events for _, _, events in results)
 
 
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise LookupError(name)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def soak(jobs: int, ttl_s: float) -> dict[str, Any]:
+    """Many short jobs, half read to the end and half dropped after the first bytes; then the TTL.
+
+    Memory must come back to where it was: retained jobs go to 0 and RSS stays flat.
+    """
+    with WorkerProcess("mock", "--ttl-s", str(ttl_s), "--token-delay-ms", "0") as worker, httpx.Client() as client:
+        assert worker.proc is not None
+        body = {"prompt": "soak", "max_tokens": 64, "temperature": 0.5}
+
+        def wave(count: int) -> None:
+            for number in range(count):
+                sse_url = client.post(worker.url + "/v1/inference", json=body, timeout=10).json()["sse_url"]
+                with client.stream("GET", worker.url + sse_url, timeout=10) as response:
+                    for _ in response.iter_raw():
+                        if number % 2:
+                            break  # a reader that drops mid-stream
+
+        wave(200)  # warm-up: imports, caches, allocator arenas
+        time.sleep(ttl_s * 2 + 0.5)
+        before = _rss_kib(worker.proc.pid)
+        started = time.perf_counter()
+        wave(jobs)
+        elapsed = time.perf_counter() - started
+        peak_retained = _metric(worker.url, "dualcall_jobs_retained")
+        time.sleep(ttl_s * 2 + 0.5)
+        return {
+            "jobs": jobs,
+            "seconds": elapsed,
+            "jobs_per_s": jobs / elapsed,
+            "retained_at_end_of_load": peak_retained,
+            "retained_after_ttl": _metric(worker.url, "dualcall_jobs_retained"),
+            "rss_before_kib": before,
+            "rss_after_kib": _rss_kib(worker.proc.pid),
+        }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=4096, help="tokens per job (default: 4096)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per scenario; the median is reported (default: 3)")
+    parser.add_argument("--soak", type=int, default=2000, metavar="N", help="jobs in the soak run; 0 skips it")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     args = parser.parse_args()
 
@@ -107,9 +160,20 @@ def main() -> int:
         first = f"{row['first_event_ms']:.1f} ms" if "first_event_ms" in row else "-"
         rate = row["events_per_s"]
         print(f"{label:<8} {row['events']:>7} {row['seconds']:>8.3f} {rate:>10.0f} {ratio:>7.2f}x {first:>12}")
+    results: dict[str, Any] = {"delivery": rows}
+    if args.soak:
+        result = soak(args.soak, ttl_s=1.0)
+        results["soak"] = result
+        growth = (result["rss_after_kib"] - result["rss_before_kib"]) / 1024
+        print(
+            f"\nsoak: {result['jobs']} jobs ({result['jobs_per_s']:.0f}/s, half the readers dropped mid-stream); "
+            f"jobs retained {result['retained_at_end_of_load']:.0f} -> {result['retained_after_ttl']:.0f} "
+            "after the TTL; "
+            f"RSS {result['rss_before_kib'] / 1024:.1f} -> {result['rss_after_kib'] / 1024:.1f} MiB ({growth:+.1f} MiB)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
