@@ -167,6 +167,31 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _resume_headers(last_event_id: int | None) -> dict[str, str]:
+    return {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+
+
+def _after_drop(resumes: int, max_resumes: int, dropped: BaseException | None) -> int:
+    """Count one more reconnect, or give up with StreamEnded."""
+    resumes += 1
+    if resumes > max_resumes:
+        raise StreamEnded(f"stream ended before [DONE] {resumes} times (last: {dropped or 'clean close'})")
+    return resumes
+
+
+def _status_body(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise _problem(response)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _cancel_body(response: httpx.Response) -> dict[str, Any] | None:
+    if response.status_code not in (202, 204):
+        raise _problem(response)
+    return response.json() if response.content else None
+
+
 def _assemble(job_id: str, events: list[Event]) -> Completion:
     end = next((event for event in events if isinstance(event, End)), None)
     error = next((event for event in events if isinstance(event, ErrorEvent)), None)
@@ -215,7 +240,7 @@ class DualCallClient:
         """Typed events until ``[DONE]``, resuming after a dropped connection."""
         resumes = 0
         while True:
-            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            headers = _resume_headers(last_event_id)
             try:
                 with connect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
                     if source.response.status_code == 204:
@@ -236,26 +261,17 @@ class DualCallClient:
                 dropped: BaseException | None = exc
             else:
                 dropped = None  # closed cleanly but before [DONE]: also resumable
-            resumes += 1
-            if resumes > self.max_resumes:
-                raise StreamEnded(f"stream ended before [DONE] {resumes} times (last: {dropped or 'clean close'})")
+            resumes = _after_drop(resumes, self.max_resumes, dropped)
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         job = self.submit(prompt, **params)
         return _assemble(job.job_id, list(self.events(job)))
 
     def status(self, job: Submission) -> dict[str, Any]:
-        response = self._http.get(job.status_url)
-        if response.status_code != 200:
-            raise _problem(response)
-        result: dict[str, Any] = response.json()
-        return result
+        return _status_body(self._http.get(job.status_url))
 
     def cancel(self, job: Submission) -> dict[str, Any] | None:
-        response = self._http.delete(job.status_url)
-        if response.status_code not in (202, 204):
-            raise _problem(response)
-        return response.json() if response.content else None
+        return _cancel_body(self._http.delete(job.status_url))
 
 
 class AsyncDualCallClient:
@@ -292,7 +308,7 @@ class AsyncDualCallClient:
     async def events(self, job: Submission, *, last_event_id: int | None = None) -> AsyncIterator[Event]:
         resumes = 0
         while True:
-            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            headers = _resume_headers(last_event_id)
             try:
                 async with aconnect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
                     if source.response.status_code == 204:
@@ -313,23 +329,14 @@ class AsyncDualCallClient:
                 dropped: BaseException | None = exc
             else:
                 dropped = None  # closed cleanly but before [DONE]: also resumable
-            resumes += 1
-            if resumes > self.max_resumes:
-                raise StreamEnded(f"stream ended before [DONE] {resumes} times (last: {dropped or 'clean close'})")
+            resumes = _after_drop(resumes, self.max_resumes, dropped)
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
         job = await self.submit(prompt, **params)
         return _assemble(job.job_id, [event async for event in self.events(job)])
 
     async def status(self, job: Submission) -> dict[str, Any]:
-        response = await self._http.get(job.status_url)
-        if response.status_code != 200:
-            raise _problem(response)
-        result: dict[str, Any] = response.json()
-        return result
+        return _status_body(await self._http.get(job.status_url))
 
     async def cancel(self, job: Submission) -> dict[str, Any] | None:
-        response = await self._http.delete(job.status_url)
-        if response.status_code not in (202, 204):
-            raise _problem(response)
-        return response.json() if response.content else None
+        return _cancel_body(await self._http.delete(job.status_url))
