@@ -95,21 +95,26 @@ def _engine(args: argparse.Namespace) -> Engine:
     return ExLlamaV2Engine(args.model, max_seq_len=args.max_seq_len)
 
 
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    """The core's settings from the contract options every worker command shares."""
+    return WorkerSettings(
+        job_ttl_s=args.ttl_s,
+        queue_limit=args.queue_limit,
+        keepalive_s=args.keepalive_s,
+        auth_token=args.auth_token or None,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens_cap=args.max_tokens_cap,
+        default_max_tokens=min(64, args.max_tokens_cap),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from workers import server
 
     try:
-        settings = WorkerSettings(
-            job_ttl_s=args.ttl_s,
-            queue_limit=args.queue_limit,
-            keepalive_s=args.keepalive_s,
-            auth_token=args.auth_token or None,
-            max_body_bytes=args.max_body_bytes,
-            max_tokens_cap=args.max_tokens_cap,
-            default_max_tokens=min(64, args.max_tokens_cap),
-        )
+        settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     try:

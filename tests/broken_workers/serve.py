@@ -67,19 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     middleware = None if args.defect == BASELINE else DEFECTS[args.defect].apply()
 
     from workers import server
+    from workers.__main__ import settings_from_args
     from workers.app import create_app
-    from workers.config import WorkerSettings
     from workers.engines.mock import MockEngine
 
-    settings = WorkerSettings(
-        job_ttl_s=args.ttl_s,
-        queue_limit=args.queue_limit,
-        keepalive_s=args.keepalive_s,
-        auth_token=args.auth_token or None,
-        max_body_bytes=args.max_body_bytes,
-        max_tokens_cap=args.max_tokens_cap,
-        default_max_tokens=min(64, args.max_tokens_cap),
-    )
+    settings = settings_from_args(args)
     engine = MockEngine(token_delay_s=args.token_delay_ms / 1000, max_concurrency=args.concurrency)
     app = create_app(engine, settings)
     asgi: Any = app if middleware is None else _Wrapped(middleware(app), app)
