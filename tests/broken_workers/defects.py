@@ -1235,3 +1235,46 @@ def _queue_full_500() -> Middleware:
 )
 def _no_keepalive() -> None:
     worker_sse.KEEPALIVE = b""  # type: ignore[misc]
+
+
+# -- conforming variants: unusual but allowed shapes the suite must PASS --------------------------------------------
+
+#: not defects: each is the mock serving a shape the contract allows but the mock does not use
+VARIANTS: dict[str, Defect] = {}
+
+
+def variant(
+    name: str, description: str
+) -> Callable[[Callable[[], Middleware | None]], Callable[[], Middleware | None]]:
+    def register(install: Callable[[], Middleware | None]) -> Callable[[], Middleware | None]:
+        VARIANTS[name] = Defect(name, description, (), install)
+        return install
+
+    return register
+
+
+def _rewrite_sse_url(make: Callable[[Scope, str, str], str]) -> Middleware:
+    class NewReference(JSONRewriter):
+        def rewrite_json(self, status: int, headers: Headers, body: Any) -> tuple[int, Headers, Any]:
+            if status == 202 and isinstance(body, dict) and isinstance(body.get("sse_url"), str):
+                body["sse_url"] = make(self.scope, body["job_id"], body["sse_url"])
+                headers = set_header(headers, "location", body["sse_url"])
+            return status, headers, body
+
+    return rewrite(is_submit, NewReference)
+
+
+@variant(
+    "absolute-sse-url",
+    "sse_url is an absolute URL on another host name (localhost, while the suite targets 127.0.0.1): DC-1.7",
+)
+def _absolute_sse_url() -> Middleware:
+    return _rewrite_sse_url(lambda scope, job_id, path: f"http://localhost:{scope['server'][1]}{path}")
+
+
+@variant(
+    "path-relative-sse-url",
+    "sse_url is `inference/<id>/stream`, relative to the POST URL's path (RFC 3986 resolution): DC-1.7",
+)
+def _path_relative_sse_url() -> Middleware:
+    return _rewrite_sse_url(lambda scope, job_id, path: f"inference/{job_id}/stream")

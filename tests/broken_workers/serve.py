@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broken_workers.defects import DEFECTS
+from broken_workers.defects import DEFECTS, VARIANTS
 
 #: the name that serves the unmodified worker through the same code path
 BASELINE = "none"
@@ -62,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.defect is None:
         parser.error("name a defect (or --list)")
-    if args.defect != BASELINE and args.defect not in DEFECTS:
+    catalogue = {**DEFECTS, **VARIANTS}
+    if args.defect != BASELINE and args.defect not in catalogue:
         parser.error(f"unknown defect {args.defect!r}; see --list")
-    middleware = None if args.defect == BASELINE else DEFECTS[args.defect].apply()
+    middleware = None if args.defect == BASELINE else catalogue[args.defect].apply()
 
     from workers import server
     from workers.__main__ import settings_from_args

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from broken_workers.defects import AUTH_TOKEN, DEFECTS, Defect
+from broken_workers.defects import AUTH_TOKEN, DEFECTS, VARIANTS, Defect
 from workerproc import WorkerProcess
 
 from conformance.context import Options
@@ -86,6 +86,8 @@ def _plan(name: str) -> tuple[str, tuple[str, ...], frozenset[str] | None, str |
         return BASELINE, (), None, None
     if name == BASELINE_AUTH:
         return BASELINE, ("--auth-token", AUTH_TOKEN), AUTH_ONLY, AUTH_TOKEN
+    if name in VARIANTS:
+        return name, (), None, None
     entry = DEFECTS[name]
     checks = frozenset(entry.caught_by + entry.warned_by + entry.runs_with)
     return name, entry.worker_args, checks, entry.suite_token
@@ -93,7 +95,7 @@ def _plan(name: str) -> tuple[str, tuple[str, ...], frozenset[str] | None, str |
 
 def _cost(name: str) -> float:
     """Rough seconds a run takes, to start the long ones first."""
-    if name == BASELINE:
+    if name == BASELINE or name in VARIANTS:
         return 20.0
     if name == BASELINE_AUTH:
         return 1.0
@@ -136,6 +138,8 @@ def _selected(request: pytest.FixtureRequest) -> list[str]:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "name" in callspec.params:
             names.add(callspec.params["name"])
+        elif callspec is not None and "variant" in callspec.params:
+            names.add(callspec.params["variant"])
         elif item.name == "test_unmodified_mock_passes_everything":
             names.add(BASELINE)
         elif item.name == "test_unmodified_mock_with_auth_passes_the_auth_check":
@@ -243,3 +247,13 @@ def test_unmodified_mock_with_auth_passes_the_auth_check(probed: dict[str, Probe
     assert result.error is None, f"{result.error}\n{result.output}"
     check = result.results.get("DC-SVC-005")
     assert check is not None and check.outcome == "passed", _describe(check, "DC-SVC-005")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_conforming_variant_passes_everything(variant: str, probed: dict[str, Probed]) -> None:
+    """Shapes the contract allows (absolute or path-relative sse_url) must not be failed by the suite."""
+    result = probed[variant]
+    assert result.error is None, f"{result.error}\n{result.output}"
+    bad = [_describe(check, check.id) for check in result.results.values() if check.outcome in ("failed", "warning")]
+    assert not bad, f"the conforming variant {variant} ({VARIANTS[variant].description}) was failed:\n" + "\n".join(bad)
+    assert result.results["DC-SUBMIT-010"].outcome == "passed"
