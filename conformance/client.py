@@ -111,6 +111,8 @@ def parse_submission(post_url: str, response: httpx.Response) -> Submission:
         raise ProtocolError(
             "POST answered with an event stream: this is the legacy direct-SSE shape, not the dual-call contract"
         )
+    if 200 <= response.status_code < 300 and response.status_code != 202:
+        raise ProtocolError(f"submit answered {response.status_code}; the dual-call contract answers 202 Accepted")
     if response.status_code != 202:
         raise _problem(response)
     try:

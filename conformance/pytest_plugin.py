@@ -104,10 +104,13 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
             fuzz=not config.getoption("--dualcall-no-fuzz"),
             max_examples=config.getoption("--dualcall-max-examples"),
         )
+        if "unreachable" in state:  # the target went away after collection: fail fast, do not re-run
+            pytest.fail(state["unreachable"], pytrace=False)
         try:
             report = run(run_config)
         except TargetUnreachable as exc:
-            raise pytest.UsageError(f"dualcall: {exc}") from None
+            state["unreachable"] = f"dualcall: {exc}"
+            pytest.fail(state["unreachable"], pytrace=False)
         state["results"] = {result.id: result for result in report.results}
         state["report"] = report
     results: dict[str, CheckResult] = state["results"]
