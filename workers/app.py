@@ -259,13 +259,14 @@ async def metrics(request: Request[Any, Any, Any]) -> str:
 
 
 @get("/openapi.yaml", media_type="application/yaml")
-async def openapi_yaml() -> bytes:
-    return openapi.DOCUMENT_PATH.read_bytes()
+async def openapi_yaml(request: Request[Any, Any, Any]) -> bytes:
+    document: bytes = request.app.state.contract_yaml
+    return document
 
 
 @get("/openapi.json")
 async def openapi_json() -> dict[str, Any]:
-    return openapi.load_document()
+    return openapi.load_document()  # parsed once, in create_app
 
 
 _DOCS_PAGE: Final = """<!doctype html>
@@ -313,6 +314,9 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         openapi_config=None,
         debug=False,
     )
+    # read the contract once, here: no file I/O on the event loop while serving
+    openapi.load_document()
+    app.state.contract_yaml = openapi.DOCUMENT_PATH.read_bytes()
     app.state.registry = registry
     app.state.settings = settings
     return app
