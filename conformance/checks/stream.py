@@ -31,7 +31,7 @@ def _first_difference(left: StreamCapture, right: StreamCapture) -> str:
     "DC-STREAM-001",
     rule="DC-2.1",
     level="MUST",
-    title="stream answers 200 text/event-stream; charset=utf-8 with Cache-Control: no-cache",
+    title="stream answers 200 text/event-stream (charset utf-8 if named) with Cache-Control: no-cache",
     area="stream",
 )
 def stream_headers(ctx: Context) -> str:
