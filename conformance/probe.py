@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import httpx
 
-from conformance.client import SUBMIT_PATH, resolve
+from conformance.client import SUBMIT_PATH
 from conformance.model import EXCERPT_BYTES, Exchange
 from conformance.sse import FramingIssue, SSEEvent, SSEParser
 
@@ -64,9 +64,6 @@ class StreamCapture:
                 break
             out.append(event)
         return out
-
-    def json_data(self, event: SSEEvent) -> Any:
-        return json.loads(event.data)
 
     def token_texts(self) -> list[str]:
         texts: list[str] = []
@@ -127,9 +124,6 @@ class Probe:
     @property
     def submit_url(self) -> str:
         return self.base_url + SUBMIT_PATH
-
-    def url(self, reference: str) -> str:
-        return resolve(self.base_url + "/", reference.lstrip("/")) if not reference.startswith("http") else reference
 
     def _headers(self, headers: dict[str, str] | None, auth: bool) -> dict[str, str]:
         merged = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}

@@ -39,6 +39,8 @@ from urllib.parse import urljoin
 
 import httpx
 
+from conformance.sse import SSEEvent, SSEParser
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -156,8 +158,7 @@ def _measure_direct(backend: Any, prompt: str, max_tokens: int) -> dict[str, Any
         "ids": ids,
         "tokens": tokens,
         "eos_reason": reason,
-        "ttft_ms": (first - t0) * 1000,
-        "tok_s": tokens / (end - first) if end > first else 0.0,
+        **_timing(t0, first, end, tokens),
         "total_s": end - t0,
     }
 
@@ -181,13 +182,17 @@ async def _measure_bridge(engine: Any, prompt: str, max_tokens: int) -> dict[str
     return {
         "text": "".join(texts),
         "tokens": tokens,
-        "ttft_ms": (first - t0) * 1000,
-        "tok_s": tokens / (end - first) if end > first else 0.0,
+        **_timing(t0, first, end, tokens),
     }
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
+
+
+def _timing(t0: float, first: float, end: float, tokens: int) -> dict[str, float]:
+    """Time to first token, and decode rate from the first token to the end (one definition for every path)."""
+    return {"ttft_ms": (first - t0) * 1000, "tok_s": tokens / (end - first) if end > first else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,20 +218,8 @@ async def http_job(
     first: float | None = None
     async with asyncio.timeout(limit_s), client.stream("GET", sse_url) as resp:
         out["stream_status"] = resp.status_code
-        event, data = "message", []
-        async for line in sse_lines(resp):
-            if line.startswith(":"):
-                continue
-            if line:
-                key, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if key == "event":
-                    event = value
-                elif key == "data":
-                    data.append(value)
-                continue
-            payload = "\n".join(data)
-            ev, event, data = event, "message", []
+        async for sse in sse_events(resp):
+            ev, payload = sse.event, sse.data
             if payload == "[DONE]":
                 out["done"] = True
                 break
@@ -243,29 +236,20 @@ async def http_job(
     end = out.get("t_end", time.perf_counter())
     first = first or end
     out["text"] = "".join(out["texts"])
-    out["ttft_ms"] = (first - t0) * 1000
     tokens = int(out.get("end", {}).get("tokens_out", len(out["texts"])))
     out["tokens"] = tokens
-    out["tok_s"] = tokens / (end - first) if end > first else 0.0
+    out.update(_timing(t0, first, end, tokens))
     return out
 
 
-async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
-    """Lines as the SSE spec splits them: on CR, LF or CRLF only (not str.splitlines(), which
-    also splits on U+2028, U+0085, … that JSON leaves unescaped)."""
-    buf = b""
+async def sse_events(resp: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Events as the suite's strict WHATWG parser reads them (CR/LF/CRLF only, never U+2028)."""
+    parser = SSEParser()
     async for data in resp.aiter_bytes():
-        buf += data
-        while True:
-            cut = min((i for i in (buf.find(b"\r"), buf.find(b"\n")) if i >= 0), default=-1)
-            if cut < 0 or (buf[cut : cut + 1] == b"\r" and cut + 1 == len(buf)):
-                break  # no line end yet, or a CR that may be the first half of CRLF
-            line, sep = buf[:cut], buf[cut : cut + 1]
-            buf = buf[cut + 2 :] if buf[cut : cut + 2] == b"\r\n" else buf[cut + 1 :]
-            del sep
-            yield line.decode("utf-8")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8")
+        for event in parser.feed(data):
+            yield event
+    for event in parser.close():
+        yield event
 
 
 async def _health(client: httpx.AsyncClient, base: str) -> int:
@@ -528,18 +512,13 @@ async def http_phases(
             job_url = urljoin(base, f"/v1/inference/{sub['job_id']}")
             seen, end = 0, None
             async with asyncio.timeout(30), client.stream("GET", sse_url) as resp:
-                event = ""
-                deleted_at = None
-                async for line in sse_lines(resp):
-                    if line.startswith("event:"):
-                        event = line.partition(":")[2].strip()
-                    elif line.startswith("data:") and event == "token":
+                async for sse in sse_events(resp):
+                    if sse.event == "token":
                         seen += 1
                         if seen == 5:
-                            deleted_at = time.perf_counter()
                             p.data["delete_status"] = (await client.delete(job_url)).status_code
-                    elif line.startswith("data:") and event == "end":
-                        end = json.loads(line.partition(":")[2])
+                    elif sse.event == "end":
+                        end = json.loads(sse.data)
                         break
             p.data.update(tokens_seen=seen, end=end)
             after = (await client.get(job_url)).status_code
@@ -553,7 +532,6 @@ async def http_phases(
                 f"DELETE {p.data.get('delete_status')} after {seen} tokens; end={end}; status then {after}; "
                 f"next 16-token job done in {next_s * 1000:.0f} ms"
             )
-            del deleted_at
 
         async def storm(p: Phase) -> None:
             body = {"prompt": prompt, "max_tokens": 200, "temperature": 0.8, "seed": 7}
@@ -567,8 +545,8 @@ async def http_phases(
                 try:
                     async with asyncio.timeout(20), client.stream("GET", sse_url) as resp:
                         n = 0
-                        async for line in sse_lines(resp):
-                            if line.startswith("data:") and '"text"' in line:
+                        async for sse in sse_events(resp):
+                            if sse.event == "token":
                                 n += 1
                                 if n >= 1 + i % 3:
                                     break  # drop the connection mid-stream
