@@ -1,13 +1,16 @@
 """``dualcall-conformance URL`` / ``python -m conformance URL`` — gate a worker in CI.
 
 Exit codes: 0 every MUST check passed (and every SHOULD check with ``--level should``);
-1 a check failed; 2 usage error or a target that does not answer HTTP.
+1 a check failed (or, with ``--require-all``, a MUST check could not be verified);
+2 usage error, or a target the suite cannot test as given (no HTTP, not a worker's base URL,
+a bearer token needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +23,7 @@ from conformance import __version__
 from conformance.checks import AREAS
 from conformance.context import Options
 from conformance.contract import contract_version
-from conformance.probe import TargetUnreachable
+from conformance.probe import TargetUnusable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -60,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"Check that an LLM worker implements the dual-call streaming contract v{contract_version()} "
             "(POST /v1/inference -> 202 {job_id, sse_url}; GET sse_url -> SSE) and not the legacy direct-SSE shape."
         ),
-        epilog="Exit codes: 0 pass, 1 a check failed, 2 usage error or unreachable target.",
+        epilog=(
+            "Exit codes: 0 pass, 1 a check failed (or an unverified MUST rule with --require-all), "
+            "2 usage error or a target the suite cannot test as given."
+        ),
     )
     parser.add_argument("url", nargs="?", help="base URL of the worker, e.g. http://127.0.0.1:8000")
     parser.add_argument("--list", action="store_true", help="print the check catalogue and exit")
@@ -90,11 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="longest advertised job TTL the suite waits out to check reclaim (default: 6)",
     )
+    parser.add_argument(
+        "--require-all",
+        action="store_true",
+        help=(
+            "fail the run when a MUST rule could not be verified (e.g. TTL reclaim on a worker whose TTL exceeds "
+            "--ttl-budget); off by default, because what a worker's configuration hides is not evidence of a "
+            "broken rule — every unverified MUST rule is listed either way"
+        ),
+    )
     parser.add_argument("--no-fuzz", action="store_true", help="skip schemathesis fuzzing")
     parser.add_argument(
         "--max-examples", type=_count, default=25, metavar="N", help="fuzz examples per operation (default: 25)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="fuzzing seed, for reproducible runs (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="fuzzing seed; the run prints the one it used, so a run can be replayed (default: random)",
+    )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__} (contract {contract_version()})"
     )
@@ -130,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(highlight=False)
     if not console.is_terminal:
-        console.width = max(console.width, 120)  # CI logs: one line per check
+        console.soft_wrap = True  # CI logs: one line per check, never hard-wrapped
+        console.width = max(console.width, 120)
     if args.list and args.markdown:
         from conformance.runner import catalogue_markdown
 
@@ -155,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path is not None and path.exists() and path.is_dir():
             parser.error(f"report path {path} is a directory")
 
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     config = RunConfig(
         target=target,
         options=Options(timeout_s=args.timeout, ttl_budget_s=args.ttl_budget, token=args.token or None),
@@ -162,16 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         only=only,
         fuzz=not args.no_fuzz,
         max_examples=args.max_examples,
-        seed=args.seed,
+        seed=seed,
+        require_all=args.require_all,
     )
     selected = [spec for spec in catalogue() if (only is None or spec.id in only)]
     if args.no_fuzz:
         selected = [spec for spec in selected if spec.area != "fuzz"]
     console.print(f"[bold]dualcall conformance[/] {__version__} — contract {contract_version()} — target {target}")
+    if any(spec.area == "fuzz" for spec in selected):
+        console.print(f"fuzz seed {seed} (replay with --seed {seed})", markup=False)
     try:
         with ConsoleProgress(console, total=len(selected)) as progress:
             report = run(config, on_start=lambda spec: progress.start(spec.id, spec.title), on_result=progress.advance)
-    except TargetUnreachable as exc:
+    except TargetUnusable as exc:
         print(f"dualcall-conformance: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

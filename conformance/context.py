@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckSkipped
+from conformance.checks import CheckFailed, CheckUnverified
 from conformance.client import SUBMIT_PATH, resolve
 from conformance.model import Diagnosis
 from conformance.probe import Probe, StreamCapture
 
 PROMPT: Final = "dualcall conformance probe: tell a short story about a worker bee."
+#: extra attempts of a submission answered 503 (queue full)
+SUBMIT_RETRIES: Final = 3
+#: longest Retry-After the suite honours before retrying a submission
+MAX_RETRY_AFTER_S: Final = 5.0
 #: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
 SHORT_MAX_TOKENS: Final = 24
 
@@ -84,13 +89,23 @@ class Context:
         return body
 
     def submit(self, body: dict[str, Any] | None = None) -> Job:
-        """Submit a job the dual-call way; skips the check when the worker cannot do that."""
+        """Submit a job the dual-call way; unverified when the worker cannot do that.
+
+        A 503 (queue full, e.g. still draining an earlier check's jobs) is retried after its
+        Retry-After, a few times, as a well-behaved client would.
+        """
         body = body or self.body()
         response = self.probe.submit(body)
+        for _ in range(SUBMIT_RETRIES):
+            if response.status_code != 503:
+                break
+            time.sleep(_retry_after_s(response))
+            response = self.probe.submit(body)
         if response.status_code != 202:
-            raise CheckSkipped(
+            raise CheckUnverified(
                 f"needs a dual-call submission, but POST {SUBMIT_PATH} answered {response.status_code} "
-                f"{response.headers.get('content-type', '')} (see DC-SUBMIT-001)"
+                f"{response.headers.get('content-type', '')}",
+                "a dual-call submit (see DC-SUBMIT-001)",
             )
         try:
             data = response.json()
@@ -98,7 +113,10 @@ class Context:
             if not isinstance(job_id, str) or not isinstance(sse_url, str):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise CheckSkipped("needs a dual-call submission, but the 202 body has no job_id/sse_url strings") from None
+            raise CheckUnverified(
+                "needs a dual-call submission, but the 202 body has no job_id/sse_url strings",
+                "a dual-call submit (see DC-SUBMIT-001)",
+            ) from None
         status_ref = data.get("status_url") if isinstance(data.get("status_url"), str) else f"{SUBMIT_PATH}/{job_id}"
         return Job(
             job_id=job_id,
@@ -137,21 +155,80 @@ class Context:
         return self._reference
 
     def stream_of(self, job: Job, **kwargs: Any) -> StreamCapture:
+        """Read the job's stream; a 200 is required, and a stalled read fails with its evidence."""
         capture = self.probe.stream(job.sse_url, **kwargs)
         if capture.status != 200:
             raise CheckFailed(
                 f"GET sse_url answered {capture.status} instead of 200 text/event-stream",
                 f"body: {capture.excerpt(300)!r}",
             )
+        self.judge_stall(job, capture)
         return capture
+
+    def judge_stall(self, job: Job, capture: StreamCapture) -> None:
+        """A read that saw no event for ``stall_s``: failed when the worker says the job is running.
+
+        A generator that deadlocked while /health still answers 200 is the failure DC-4.3 and
+        DC-5.1 exist for; a job that merely waits in a queue is not evidence of anything.
+        """
+        if not capture.stalled:
+            return
+        deadline, self.probe.deadline = self.probe.deadline, None  # two bounded requests, past the budget if need be
+        try:
+            health = self.probe.request("GET", self.base_url + "/health", auth=False)
+            status = self.probe.request("GET", job.status_url)
+        finally:
+            self.probe.deadline = deadline
+        try:
+            state = status.json().get("state") if status.status_code == 200 else None
+        except (ValueError, AttributeError):
+            state = None
+        evidence = (
+            f"after {len(capture.protocol_events)} events, no event for {self.probe.stall_s:g} s "
+            f"(keep-alive comments: {len(capture.comments)})",
+            f"/health answered {health.status_code}; the job's status answered {status.status_code}"
+            + (f" with state {state!r}" if state else ""),
+        )
+        if state == "queued":
+            raise CheckUnverified(
+                f"the job stayed queued for {self.probe.stall_s:g} s, so its stream could not be read",
+                "a worker that is not busy with other clients' jobs during the run",
+            )
+        raise CheckFailed(
+            f"the stream stalled: no event for {self.probe.stall_s:g} s while /health said {health.status_code}"
+            + (f" and the job was {state!r}" if state else ""),
+            *evidence,
+        )
+
+    def ttl(self) -> float:
+        """The advertised job TTL when the suite may wait it out; unverified otherwise."""
+        ttl = (self.health() or {}).get("job_ttl_s")
+        budget = self.options.ttl_budget_s
+        if not isinstance(ttl, int | float) or isinstance(ttl, bool) or ttl <= 0:
+            raise CheckUnverified(
+                "the worker does not advertise job_ttl_s in /health, so the suite cannot tell when reclaim is due",
+                "advertise job_ttl_s in /health (DC-5.1)",
+            )
+        if ttl > budget:
+            raise CheckUnverified(
+                f"job_ttl_s is {ttl:g} s, longer than --ttl-budget {budget:g} s",
+                f"start the worker with a job TTL of at most {budget:g} s, or pass --ttl-budget {math.ceil(ttl) + 10}",
+            )
+        return float(ttl)
 
     def completed_reference(self) -> tuple[Job, StreamCapture]:
         job, capture = self.reference()
         if capture.status != 200 or not capture.events:
-            raise CheckSkipped(
-                f"the reference stream did not deliver events (status {capture.status}; see DC-STREAM-001)"
+            raise CheckUnverified(
+                f"the reference stream did not deliver events (status {capture.status})",
+                "a stream that delivers events (see DC-STREAM-001)",
             )
         return job, capture
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "").strip()
+    return min(float(value), MAX_RETRY_AFTER_S) if value.isdigit() else 1.0
 
 
 def event_data(capture: StreamCapture, event_type: str) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Level = Literal["MUST", "SHOULD", "MAY"]
-Outcome = Literal["passed", "failed", "warning", "skipped"]
+#: "unverified": the check could not observe the behaviour (never a failure; says why and what would verify it)
+Outcome = Literal["passed", "failed", "warning", "unverified"]
 Threshold = Literal["must", "should"]
 
 #: bytes of a response body kept as evidence
@@ -87,6 +88,8 @@ class CheckResult:
     exchanges: list[Exchange] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    #: for an unverified check: what would let the suite observe the behaviour
+    how_to_verify: str = ""
 
     @property
     def evidence(self) -> dict[str, object]:
@@ -100,6 +103,7 @@ class CheckResult:
             "title": self.title,
             "outcome": self.outcome,
             "message": self.message,
+            "how_to_verify": self.how_to_verify,
             "duration_s": round(self.duration_s, 3),
             "evidence": self.evidence,
         }
@@ -123,10 +127,27 @@ class Summary:
     passed: int = 0
     failed: int = 0
     warnings: int = 0
-    skipped: int = 0
+    unverified: int = 0
+    #: the MUST checks that could not be verified (each with its reason and what would verify it)
+    unverified_must: list[CheckResult] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, int]:
-        return {"passed": self.passed, "failed": self.failed, "warnings": self.warnings, "skipped": self.skipped}
+    @property
+    def unverified_must_rules(self) -> list[str]:
+        """Distinct rule ids of the unverified MUST checks, in check order."""
+        return list(dict.fromkeys(result.rule for result in self.unverified_must))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "warnings": self.warnings,
+            "unverified": self.unverified,
+            "unverified_must_rules": self.unverified_must_rules,
+            "unverified_must": [
+                {"id": r.id, "rule": r.rule, "reason": r.message, "how_to_verify": r.how_to_verify}
+                for r in self.unverified_must
+            ],
+        }
 
 
 @dataclass(slots=True)
@@ -140,6 +161,8 @@ class Report:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     worker: dict[str, object] = field(default_factory=dict)
     suite_version: str = ""
+    #: ``--require-all``: an unverified MUST check fails the run
+    require_all: bool = False
 
     @property
     def summary(self) -> Summary:
@@ -152,20 +175,26 @@ class Report:
             elif result.outcome == "warning":
                 summary.warnings += 1
             else:
-                summary.skipped += 1
+                summary.unverified += 1
+                if result.level == "MUST":
+                    summary.unverified_must.append(result)
         return summary
 
     @property
     def ok(self) -> bool:
-        return not any(result.outcome == "failed" for result in self.results)
+        """No check failed, and with ``require_all`` no MUST check went unverified."""
+        if any(result.outcome == "failed" for result in self.results):
+            return False
+        return not (self.require_all and self.summary.unverified_must)
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "schema_version": 1,
+            "schema_version": 2,
             "target": self.target,
             "contract_version": self.contract_version,
             "suite_version": self.suite_version,
             "threshold": self.threshold,
+            "require_all": self.require_all,
             "started_at": self.started_at,
             "duration_s": round(self.duration_s, 3),
             "ok": self.ok,

@@ -24,10 +24,20 @@ from conformance.sse import FramingIssue, SSEEvent, SSEParser
 MAX_STREAM_BYTES: Final = 4 * 1024 * 1024
 #: how long a worker gets to close the connection after ``data: [DONE]``
 CLOSE_GRACE_S: Final = 2.0
+#: how often the stream watchdog looks at the clock
+_WATCH_INTERVAL_S: Final = 0.1
 
 
-class TargetUnreachable(Exception):
+class TargetUnusable(Exception):
+    """The suite cannot test this target as given (a usage error: CLI exit 2), with the fix in the message."""
+
+
+class TargetUnreachable(TargetUnusable):
     """The target does not answer HTTP at all."""
+
+
+class BudgetSpent(Exception):
+    """The running check used up its time budget; no further request is sent for it."""
 
 
 @dataclass(slots=True)
@@ -47,6 +57,8 @@ class StreamCapture:
     timed_out: bool = False
     #: the suite closed the connection (deadline, or the server kept it open after [DONE])
     closed_by_suite: bool = False
+    #: no event (comments do not count) arrived for the probe's ``stall_s`` while the stream was open
+    stalled: bool = False
     error: str | None = None
     elapsed_s: float = 0.0
     first_event_s: float | None = None
@@ -90,6 +102,40 @@ def _stop_reading(capture: StreamCapture, response: httpx.Response, *, deadline:
     response.close()
 
 
+class _Watchdog(threading.Thread):
+    """Ends a stream read that outlives its deadline, or that sees no event for ``stall_s``.
+
+    Keep-alive comments do not count as progress: a worker whose generator deadlocked may keep
+    sending them forever, and the suite must end such a read with evidence instead of hanging.
+    """
+
+    def __init__(
+        self, capture: StreamCapture, response: httpx.Response, *, deadline: float | None, stall_s: float
+    ) -> None:
+        super().__init__(daemon=True, name="dualcall-stream-watchdog")
+        self.capture = capture
+        self.response = response
+        self.deadline = deadline
+        self.stall_s = stall_s
+        self.last_event = time.monotonic()
+        self.finished = threading.Event()
+
+    def progress(self) -> None:
+        self.last_event = time.monotonic()
+
+    def run(self) -> None:
+        while not self.finished.wait(_WATCH_INTERVAL_S):
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
+                _stop_reading(self.capture, self.response, deadline=True)
+                return
+            if not self.capture.done_seen and now - self.last_event >= self.stall_s:
+                self.capture.stalled = True
+                self.capture.error = f"no event for {self.stall_s:g} s while the stream stayed open"
+                _stop_reading(self.capture, self.response, deadline=False)
+                return
+
+
 def _consumed(buffer: bytearray, done: SSEEvent) -> int:
     """Offset just past the [DONE] event block inside ``buffer``."""
     return buffer.find(done.raw) + len(done.raw) if done.raw else len(buffer)
@@ -109,13 +155,21 @@ def _request_body_text(content: bytes | None) -> str | None:
 class Probe:
     """A recording HTTP client bound to one target."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0, stall_s: float | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        #: a stream read with no event for this long ends (see `_Watchdog`)
+        self.stall_s = stall_s if stall_s is not None else 3 * timeout_s
+        #: monotonic time after which the running check may send nothing more (set by the runner)
+        self.deadline: float | None = None
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
         self.exchanges: list[Exchange] = []
         self.all_exchanges: list[Exchange] = []
+        #: every stream read in this run, for the checks that sweep them
+        self.captures: list[StreamCapture] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -135,6 +189,10 @@ class Probe:
             self.exchanges.append(exchange)
             self.all_exchanges.append(exchange)
 
+    def _check_budget(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise BudgetSpent("the check used up its time budget")
+
     @contextmanager
     def recording(self) -> Iterator[list[Exchange]]:
         """Collect the exchanges made inside the block (one check's evidence)."""
@@ -152,6 +210,7 @@ class Probe:
         headers: dict[str, str] | None = None,
         auth: bool = True,
     ) -> httpx.Response:
+        self._check_budget()
         if json_body is not None:
             content = json.dumps(json_body).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
@@ -195,8 +254,10 @@ class Probe:
         """Read a stream to its end (or ``stop_after_events``), recording raw bytes and timing.
 
         ``on_event(capture, event)`` is called for each event as it arrives (used to act
-        mid-stream, e.g. cancel or disconnect); returning True stops reading.
+        mid-stream, e.g. cancel or disconnect); returning True stops reading. Every read ends by
+        the check's deadline, and when no event arrives for ``stall_s`` (``capture.stalled``).
         """
+        self._check_budget()
         capture = StreamCapture(url=url)
         parser = SSEParser(strict=True)
         request = self.http.build_request(method, url, headers=self._headers(headers, auth), content=content)
@@ -209,24 +270,25 @@ class Probe:
         started = time.perf_counter()
         buffer = bytearray()
         timer: threading.Timer | None = None
-        deadline: threading.Timer | None = None
+        watchdog: _Watchdog | None = None
         response: httpx.Response | None = None
+        ends = [limit for limit in (self.deadline,) if limit is not None]
+        if max_duration_s is not None:
+            ends.append(time.monotonic() + max_duration_s)
         try:
             response = self.http.send(request, stream=True)
             capture.status = response.status_code
             capture.headers = dict(response.headers)
-            if max_duration_s is not None:
-                deadline = threading.Timer(
-                    max_duration_s, _stop_reading, args=(capture, response), kwargs={"deadline": True}
-                )
-                deadline.daemon = True
-                deadline.start()
+            watchdog = _Watchdog(capture, response, deadline=min(ends) if ends else None, stall_s=self.stall_s)
+            watchdog.start()
             for chunk in response.iter_raw():
                 if capture.done_seen:
                     capture.bytes_after_done += chunk
                     continue
                 buffer += chunk
                 new_events = parser.feed(chunk)
+                if new_events:
+                    watchdog.progress()
                 for event in new_events:
                     if capture.first_event_s is None:
                         capture.first_event_s = time.perf_counter() - started
@@ -263,9 +325,10 @@ class Probe:
             if not capture.closed_by_suite:
                 capture.error = f"{type(exc).__name__}: {exc}"
         finally:
-            for pending in (timer, deadline):
-                if pending is not None:
-                    pending.cancel()
+            if timer is not None:
+                timer.cancel()
+            if watchdog is not None:
+                watchdog.finished.set()
             if response is not None:
                 response.close()
         capture.raw = bytes(buffer)
@@ -278,4 +341,6 @@ class Probe:
         exchange.body_excerpt, exchange.body_truncated = _excerpt(capture.raw)
         exchange.error = capture.error
         self._record(exchange)
+        with self._lock:
+            self.captures.append(capture)
         return capture

@@ -6,6 +6,7 @@ installed; it adds items only when ``--dualcall-url`` is given.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,28 @@ _STATE_KEY = pytest.StashKey[dict[str, Any]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dualcall", "dualcall conformance")
     group.addoption("--dualcall-url", default=None, help="run the dualcall conformance checks against this worker URL")
-    group.addoption("--dualcall-token", default=None, help="bearer token for the worker")
+    group.addoption(
+        "--dualcall-token",
+        default=os.environ.get("DUALCALL_TOKEN"),
+        help="bearer token for the worker (default: $DUALCALL_TOKEN)",
+    )
     group.addoption("--dualcall-level", choices=("must", "should"), default="must", help="what fails (default: must)")
     group.addoption("--dualcall-checks", default=None, help="comma-separated check ids to run")
     group.addoption("--dualcall-timeout", type=float, default=10.0, help="per-request timeout in seconds")
     group.addoption("--dualcall-no-fuzz", action="store_true", help="skip schemathesis fuzzing")
     group.addoption("--dualcall-max-examples", type=int, default=25, help="fuzz examples per operation")
+    group.addoption(
+        "--dualcall-ttl-budget",
+        type=float,
+        default=6.0,
+        help="longest advertised job TTL the suite waits out to check reclaim (default: 6)",
+    )
+    group.addoption("--dualcall-seed", type=int, default=0, help="fuzzing seed (default: 0)")
+    group.addoption(
+        "--dualcall-require-all",
+        action="store_true",
+        help="an unverified MUST check fails instead of being skipped with its reason",
+    )
 
 
 class DualcallItem(pytest.Item):
@@ -40,8 +57,13 @@ class DualcallItem(pytest.Item):
         if result is None:
             pytest.skip("not run (not selected, or fuzzing disabled)")
         assert result is not None
-        if result.outcome == "skipped":
-            pytest.skip(result.message)
+        if result.outcome == "unverified":
+            reason = f"NOT VERIFIED: {result.message}" + (
+                f" (to verify: {result.how_to_verify})" if result.how_to_verify else ""
+            )
+            if result.level == "MUST" and self.config.getoption("--dualcall-require-all"):
+                pytest.fail(f"{result.id} [{result.rule} MUST] {reason}", pytrace=False)
+            pytest.skip(reason)
         if result.outcome == "failed":
             raise DualcallCheckFailure(result)
         if result.outcome == "warning":
@@ -91,24 +113,28 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
     state = config.stash.setdefault(_STATE_KEY, {})
     if "results" not in state:
         from conformance.context import Options
-        from conformance.probe import TargetUnreachable
+        from conformance.probe import TargetUnusable
         from conformance.runner import RunConfig, run
 
         run_config = RunConfig(
             target=str(config.getoption("--dualcall-url")).rstrip("/"),
             options=Options(
-                timeout_s=config.getoption("--dualcall-timeout"), token=config.getoption("--dualcall-token")
+                timeout_s=config.getoption("--dualcall-timeout"),
+                ttl_budget_s=config.getoption("--dualcall-ttl-budget"),
+                token=config.getoption("--dualcall-token") or None,
             ),
             threshold=config.getoption("--dualcall-level"),
             only=_selected(config),
             fuzz=not config.getoption("--dualcall-no-fuzz"),
             max_examples=config.getoption("--dualcall-max-examples"),
+            seed=config.getoption("--dualcall-seed"),
+            require_all=config.getoption("--dualcall-require-all"),
         )
         if "unreachable" in state:  # the target went away after collection: fail fast, do not re-run
             pytest.fail(state["unreachable"], pytrace=False)
         try:
             report = run(run_config)
-        except TargetUnreachable as exc:
+        except TargetUnusable as exc:
             state["unreachable"] = f"dualcall: {exc}"
             pytest.fail(state["unreachable"], pytrace=False)
         state["results"] = {result.id: result for result in report.results}
@@ -119,7 +145,7 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
 
 def _preflight(config: pytest.Config) -> None:
     """An unreachable or non-HTTP target is a usage error (exit 4), not one failure per check."""
-    from conformance.probe import Probe, TargetUnreachable
+    from conformance.probe import Probe, TargetUnusable
     from conformance.runner import preflight, unknown_ids
 
     unknown = unknown_ids(sorted(_selected(config) or ()))
@@ -133,7 +159,7 @@ def _preflight(config: pytest.Config) -> None:
     )
     try:
         preflight(probe)
-    except TargetUnreachable as exc:
+    except TargetUnusable as exc:
         raise pytest.UsageError(f"dualcall: {exc}") from None
     finally:
         probe.close()

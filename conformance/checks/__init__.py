@@ -27,8 +27,17 @@ class CheckFailed(Exception):
         self.details = list(details)
 
 
-class CheckSkipped(Exception):
-    """The check cannot run against this target (say why, and how to make it run)."""
+class CheckUnverified(Exception):
+    """The check could not observe the behaviour it tests: never a failure.
+
+    ``reason`` says what was missing; ``how_to_verify`` what would let the suite observe it
+    (a worker setting, a suite option), shown wherever unverified MUST rules are listed.
+    """
+
+    def __init__(self, reason: str, how_to_verify: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.how_to_verify = how_to_verify
 
 
 @dataclass(frozen=True, slots=True)

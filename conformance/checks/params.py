@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conformance.checks import CheckFailed, CheckSkipped, check
+from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.context import Context, event_data
 
 
@@ -43,7 +43,10 @@ def stop_honoured(ctx: Context) -> str:
     candidates = [text[i : i + 3] for i in range(len(text) // 3, len(text) - 3)]
     stop = next((piece for piece in candidates if piece.strip() and piece in text[len(text) // 3 :]), None)
     if not stop:
-        raise CheckSkipped(f"the greedy completion is too short to pick a stop string from ({text!r})")
+        raise CheckUnverified(
+            f"the greedy completion is too short to pick a stop string from ({text!r})",
+            "a worker whose greedy completion of the probe prompt is at least a few characters long",
+        )
     expected = text[: text.index(stop)]
     stopped, end = _completion(ctx, max_tokens=48, stop=[stop])
     if stop in stopped:

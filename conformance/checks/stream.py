@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 
-from conformance.checks import CheckFailed, CheckSkipped, check
+from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
 from conformance.checks.submit import saturated_queue
 from conformance.context import Context
@@ -13,6 +14,9 @@ from conformance.contract import data_errors
 from conformance.probe import StreamCapture
 
 TRICKY = ("\n", "\r", "data:", "[DONE]", "id:", "event:", "\u2028", "\u0085")
+#: framing the contract forbids; everything else the strict parser notes (CR or CRLF line ends, a BOM,
+#: "data:" without a space, unknown fields) is valid SSE that every client handles, so it is allowed
+FORBIDDEN_FRAMING = frozenset({"non-utf8", "multi-line-data"})
 
 
 def sequence(capture: StreamCapture) -> list[tuple[str | None, str, str]]:
@@ -76,7 +80,7 @@ def event_ids(ctx: Context) -> str:
     "DC-STREAM-003",
     rule="DC-2.3",
     level="MUST",
-    title="each event's data is one line of JSON matching its event type's schema; framing is LF-only",
+    title="each event's data is one line of UTF-8 JSON matching its event type's schema",
     area="stream",
 )
 def event_grammar(ctx: Context) -> str:
@@ -86,7 +90,9 @@ def event_grammar(ctx: Context) -> str:
 
 def _check_grammar(capture: StreamCapture) -> str:
     forbidden = [
-        issue for issue in capture.issues if issue.code != "trailing-incomplete-event" or not capture.done_seen
+        issue
+        for issue in capture.issues
+        if issue.code in FORBIDDEN_FRAMING or (issue.code == "trailing-incomplete-event" and not capture.done_seen)
     ]
     if forbidden:
         first = forbidden[0]
@@ -289,7 +295,9 @@ def resume(ctx: Context) -> str:
     job, full = ctx.completed_reference()
     events = full.protocol_events
     if len(events) < 4:
-        raise CheckSkipped("the reference stream is too short to resume in the middle")
+        raise CheckUnverified(
+            "the reference stream is too short to resume in the middle", "a max_tokens_cap of at least 2"
+        )
     after = events[2]
     if not after.has_id_field or after.id is None:
         raise CheckFailed("events carry no ids, so a client cannot resume (see DC-STREAM-002)")
@@ -312,22 +320,31 @@ def resume(ctx: Context) -> str:
     "DC-STREAM-012",
     rule="DC-2.12",
     level="MUST",
-    title="Last-Event-ID of the final event answers 204 No Content",
+    title="Last-Event-ID of the final event (or later) answers 204 No Content",
     area="stream",
 )
 def no_content_after_end(ctx: Context) -> str:
     """Tells a browser's EventSource to stop reconnecting once the job is over."""
     job, full = ctx.completed_reference()
     final = full.final_event()
-    if final is None or not final.has_id_field:
-        raise CheckSkipped("the reference stream's final event has no id (see DC-STREAM-002)")
-    capture = ctx.probe.stream(job.sse_url, headers={"Last-Event-ID": str(final.id)}, stop_after_events=1)
-    if capture.status != 204:
-        raise CheckFailed(
-            f"GET with Last-Event-ID: {final.id} (the final event) answered {capture.status}, expected 204",
-            f"body: {capture.excerpt(200)!r}",
+    if final is None or not final.has_id_field or not (final.id or "").isdigit():
+        raise CheckUnverified(
+            "the reference stream's final event has no integer id, so no client can name it (see DC-STREAM-002)",
+            "integer event ids (DC-2.2)",
         )
-    return "204 after the final event"
+    last = int(final.id or 0)
+    for resume_id, what in (
+        (last, "the final event"),
+        (last + 1, "one past the final event"),
+        (last + 1000, "far past it"),
+    ):
+        capture = ctx.probe.stream(job.sse_url, headers={"Last-Event-ID": str(resume_id)}, stop_after_events=1)
+        if capture.status != 204:
+            raise CheckFailed(
+                f"GET with Last-Event-ID: {resume_id} ({what}) answered {capture.status}, expected 204",
+                f"body: {capture.excerpt(200)!r}",
+            )
+    return f"204 for Last-Event-ID {last}, {last + 1} and {last + 1000}"
 
 
 @check(
@@ -341,15 +358,21 @@ def keep_alive(ctx: Context) -> str:
     """A job held in a full queue has an idle stream: comments must arrive while it waits."""
     interval = (ctx.health() or {}).get("keepalive_s")
     if not isinstance(interval, int | float) or interval <= 0:
-        raise CheckSkipped("the worker does not advertise keepalive_s in /health")
+        raise CheckUnverified(
+            "the worker does not advertise keepalive_s in /health", "advertise keepalive_s in /health (DC-5.1)"
+        )
     if interval > ctx.options.ttl_budget_s:
-        raise CheckSkipped(
-            f"keepalive_s is {interval:g}s, longer than --ttl-budget {ctx.options.ttl_budget_s:g}s; "
-            "run the worker with a short keep-alive interval to check it"
+        raise CheckUnverified(
+            f"keepalive_s is {interval:g}s, longer than --ttl-budget {ctx.options.ttl_budget_s:g}s",
+            f"start the worker with a keep-alive interval of at most {ctx.options.ttl_budget_s:g} s, "
+            f"or pass --ttl-budget {math.ceil(interval) + 5}",
         )
     with saturated_queue(ctx) as queue:
         if queue.refusal is None or not queue.accepted:
-            raise CheckSkipped("could not fill the queue, so no stream could be made idle")
+            raise CheckUnverified(
+                "could not fill the queue, so no stream could be made idle",
+                "a worker whose queue fills within the probe (a small --queue-limit, or slower generation)",
+            )
         waiting = queue.accepted[-1]
         capture = ctx.probe.stream(ctx.resolve_stream(waiting), max_duration_s=interval * 1.5 + 0.5)
     if capture.status != 200:
@@ -359,7 +382,10 @@ def keep_alive(ctx: Context) -> str:
             f"{len(capture.comments)} comment(s) on a stream idle for {capture.elapsed_s:.1f}s (interval {interval:g}s)"
         )
     if capture.first_event_s is not None and capture.first_event_s < interval:
-        raise CheckSkipped("the queued job started before a keep-alive interval passed")
+        raise CheckUnverified(
+            "the queued job started before a keep-alive interval passed",
+            "a keep-alive interval shorter than the time a queued job waits",
+        )
     raise CheckFailed(
         f"no comment line on a stream idle for {capture.elapsed_s:.1f}s although keepalive_s is {interval:g}",
         f"received: {capture.excerpt(200)!r}",

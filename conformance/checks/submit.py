@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -12,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckSkipped, check
+from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
-from conformance.context import Context
+from conformance.context import Context, Job
 
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEX = set("0123456789abcdefABCDEF")
@@ -231,6 +232,27 @@ def sse_url_resolves(ctx: Context) -> str:
     return f"{kind} reference {raw!r} -> {job.sse_url}"
 
 
+#: submissions of each length compared by DC-SUBMIT-011
+HANDOFF_TRIALS = 3
+#: a POST of a long job this much slower than of a 1-token job (and over the ratio) is evidence of waiting
+WAIT_EVIDENCE_MS = 50.0
+WAIT_EVIDENCE_RATIO = 3.0
+
+
+def _timed_submit(ctx: Context, max_tokens: int, seed: int) -> tuple[float, str | None, Job]:
+    """POST latency in ms, and the job's state read straight after the 202 (None if unreadable)."""
+    job = ctx.submit(ctx.body(max_tokens=max_tokens, temperature=0.7, seed=seed))
+    elapsed_ms = job.response.elapsed.total_seconds() * 1000
+    try:
+        response = ctx.probe.request("GET", job.status_url)
+        state = response.json().get("state") if response.status_code == 200 else None
+    except (ValueError, AttributeError):
+        state = None
+    finally:
+        ctx.probe.request("DELETE", job.status_url)
+    return elapsed_ms, state if isinstance(state, str) else None, job
+
+
 @check(
     "DC-SUBMIT-011",
     rule="DC-1.2",
@@ -239,25 +261,36 @@ def sse_url_resolves(ctx: Context) -> str:
     area="submit",
 )
 def answers_at_once(ctx: Context) -> str:
-    """A long job is submitted and its status read straight away: it must not be finished already."""
-    job = ctx.submit(ctx.body(max_tokens=ctx.max_tokens_cap, temperature=0.7, seed=5))
-    try:
-        response = ctx.probe.request("GET", job.status_url)
-        state = response.json().get("state") if response.status_code == 200 else None
-        tokens_out = response.json().get("tokens_out") if response.status_code == 200 else None
-    except (ValueError, AttributeError):
-        state, tokens_out = None, None
-    finally:
-        ctx.probe.request("DELETE", job.status_url)
-    if state is None:
-        raise CheckSkipped("the job's status could not be read (see DC-JOB-001)")
-    if state in ("completed", "failed") and tokens_out == job.body["max_tokens"]:
+    """POST latency of the longest job against a 1-token job, and the long job's state right after the 202.
+
+    A job still queued or running after its 202 proves the hand-off did not wait. Failing needs
+    the opposite evidence: the long job already finished every time, and its POST took clearly
+    longer than a 1-token POST — the POST grew with the generation. Anything between is unverified.
+    """
+    cap = ctx.max_tokens_cap
+    short_ms: list[float] = []
+    long_ms: list[float] = []
+    for trial in range(HANDOFF_TRIALS):
+        short, _, _ = _timed_submit(ctx, 1, seed=50 + trial)
+        elapsed, state, _ = _timed_submit(ctx, cap, seed=60 + trial)
+        short_ms.append(short)
+        long_ms.append(elapsed)
+        if state in ("queued", "running"):
+            return f"202 after {elapsed:.0f} ms while the {cap}-token job was still {state}"
+    short_p50, long_p50 = statistics.median(short_ms), statistics.median(long_ms)
+    measured = f"POST took {long_p50:.0f} ms (median) for a {cap}-token job, {short_p50:.0f} ms for a 1-token job"
+    if long_p50 - short_p50 >= WAIT_EVIDENCE_MS and long_p50 >= WAIT_EVIDENCE_RATIO * short_p50:
         raise CheckFailed(
-            f"right after the 202 the job was already {state} with all {tokens_out} tokens generated: "
-            "the POST waited for generation",
-            f"POST took {job.response.elapsed.total_seconds() * 1000:.0f} ms",
+            f"the POST waited for generation: each {cap}-token job had already finished when its 202 arrived, "
+            "and the POST took as long as generating it",
+            measured,
+            f"per trial: {', '.join(f'{x:.0f}' for x in long_ms)} ms vs {', '.join(f'{x:.0f}' for x in short_ms)} ms",
         )
-    return f"202 after {job.response.elapsed.total_seconds() * 1000:.0f} ms; job then {state}"
+    raise CheckUnverified(
+        f"each {cap}-token job had finished before its status could be read, yet its POST was no slower than a "
+        f"1-token one ({measured}): generation is too fast to tell whether the POST waits for it",
+        "a worker whose longest job (max_tokens_cap) takes longer than an HTTP round-trip, e.g. a slower token rate",
+    )
 
 
 @dataclass(slots=True)
@@ -301,7 +334,9 @@ def queue_full(ctx: Context) -> str:
     """Long jobs are submitted until the worker pushes back (bounded), then all are cancelled."""
     with saturated_queue(ctx) as queue:
         if not queue.accepted:
-            raise CheckSkipped("needs dual-call submissions, but none was accepted (see DC-SUBMIT-001)")
+            raise CheckUnverified(
+                "needs dual-call submissions, but none was accepted", "a dual-call submit (see DC-SUBMIT-001)"
+            )
         if queue.refusal is None:
             depth = (ctx.health(refresh=True) or {}).get("queue")
     if queue.refusal is None:
@@ -311,8 +346,11 @@ def queue_full(ctx: Context) -> str:
                 f"{len(queue.accepted)} jobs accepted and {queued} waiting, beyond the advertised queue limit "
                 f"{bound}, without a 503"
             )
-        raise CheckSkipped(
-            f"no 503 after {len(queue.accepted)} queued jobs: the queue bound is larger than this probe goes"
+        raise CheckUnverified(
+            f"no 503 after {len(queue.accepted)} jobs: the queue never filled (jobs finish faster than the probe "
+            f"submits them, or the bound is above {QUEUE_PROBE_LIMIT})",
+            f"a worker with a queue bound below {QUEUE_PROBE_LIMIT} whose jobs outlast the probe "
+            "(a small --queue-limit, slower generation)",
         )
     problem = expect_problem(queue.refusal, 503)
     retry_after = queue.refusal.headers.get("retry-after", "")

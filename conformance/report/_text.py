@@ -16,7 +16,7 @@ from conformance.model import EXCERPT_BYTES, CheckResult, Exchange, Report
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _LONE_CR = re.compile("\r(?!\n)")
 
-OUTCOME_LABEL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "warning": "WARN", "skipped": "SKIP"}
+OUTCOME_LABEL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "warning": "WARN", "unverified": "UNVERIFIED"}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -36,9 +36,13 @@ def visible(text: str, *, terminal: bool = False) -> str:
     return text
 
 
+#: a cut must save more than its own marker costs
+_MIN_CUT = 40
+
+
 def clip(text: str, limit: int) -> str:
-    """*text* cut to *limit* characters, marking the cut."""
-    if len(text) <= limit:
+    """*text* cut to *limit* characters, marking the cut (short overruns are kept whole)."""
+    if len(text) <= limit + _MIN_CUT:
         return text
     return text[:limit] + f"… [{len(text) - limit} more chars]"
 
@@ -48,20 +52,46 @@ def verdict(report: Report) -> str:
 
 
 def verdict_reason(report: Report) -> str:
-    """``PASS``, ``PASS (with warnings)``, ``FAIL (MUST failures)`` or ``FAIL (SHOULD failures)``."""
+    """``PASS``, ``PASS (with warnings; 2 MUST rules not verified)``, ``FAIL (MUST failures)``, ..."""
+    summary = report.summary
+    rules = len(summary.unverified_must_rules)
+    unverified = f"{rules} MUST rule{'s' if rules != 1 else ''} not verified" if rules else ""
     if report.ok:
-        return "PASS (with warnings)" if report.summary.warnings else "PASS"
+        notes = [note for note in ("with warnings" if summary.warnings else "", unverified) if note]
+        return f"PASS ({'; '.join(notes)})" if notes else "PASS"
     levels = sorted({r.level for r in report.results if r.outcome == "failed"}, key=("MUST", "SHOULD", "MAY").index)
-    return f"FAIL ({'/'.join(levels)} failures)"
+    reasons = [f"{'/'.join(levels)} failures"] if levels else []
+    if report.require_all and unverified:
+        reasons.append(f"{unverified}, --require-all")
+    return f"FAIL ({'; '.join(reasons)})"
 
 
 def summary_line(report: Report) -> str:
-    """``31 passed, 2 failed, 1 warnings, 3 skipped in 4.2s — FAIL (MUST failures)``."""
+    """``31 passed, 2 failed, 1 warnings, 3 unverified in 4.2s — FAIL (MUST failures)``."""
     s = report.summary
     return (
-        f"{s.passed} passed, {s.failed} failed, {s.warnings} warnings, {s.skipped} skipped "
+        f"{s.passed} passed, {s.failed} failed, {s.warnings} warnings, {s.unverified} unverified "
         f"in {report.duration_s:.1f}s — {verdict_reason(report)}"
     )
+
+
+def unverified_heading(report: Report) -> str:
+    """``2 MUST rules not verified: DC-4.1, DC-4.2`` (empty when every MUST rule was verified)."""
+    rules = report.summary.unverified_must_rules
+    if not rules:
+        return ""
+    return f"{len(rules)} MUST rule{'s' if len(rules) != 1 else ''} not verified: {', '.join(rules)}"
+
+
+def unverified_lines(report: Report) -> list[str]:
+    """One line per unverified MUST check: the rule, the check, why, and what would verify it."""
+    lines = []
+    for result in report.summary.unverified_must:
+        line = f"{result.rule} ({result.id}): {result.message}"
+        if result.how_to_verify:
+            line += f" — to verify: {result.how_to_verify}"
+        lines.append(line)
+    return lines
 
 
 def area_of(result: CheckResult) -> str:

@@ -30,13 +30,15 @@ from conformance.report._text import (
     request_line,
     response_line,
     summary_line,
+    unverified_heading,
+    unverified_lines,
     visible,
 )
 
 __all__ = ["ConsoleProgress", "check_line", "render_console", "summary_text"]
 
-_GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "skipped": "-"}
-_STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "skipped": "dim"}
+_GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "unverified": "?"}
+_STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "unverified": "magenta"}
 _REASON_CHARS = 100
 _BODY_CHARS = 300
 
@@ -64,7 +66,7 @@ def check_line(result: CheckResult, *, id_width: int = 16) -> Text:
     )
     if result.outcome != "passed" and result.message:
         reason = _clean(result.message).splitlines()[0] if result.message.strip() else ""
-        line.append(" — " + clip(reason, _REASON_CHARS), style="dim" if result.outcome == "skipped" else style)
+        line.append(" — " + clip(reason, _REASON_CHARS), style=style)
     return line
 
 
@@ -140,6 +142,17 @@ def render_console(report: Report, console: Console, *, lines_already_printed: b
             console.print()
     for diagnosis in report.diagnoses:
         console.print(_diagnosis_panel(diagnosis))
+    heading = unverified_heading(report)
+    if heading:
+        console.print()
+        block = Text(heading + "\n", style="bold magenta")
+        for line in unverified_lines(report):
+            block.append(f"  • {_hang(_clean(line), '    ')}\n")
+        if not report.require_all:
+            block.append(
+                "  (not a failure; pass --require-all to make unverified MUST rules fail the run)", style="dim"
+            )
+        console.print(block)
     console.print()
     console.print(summary_text(report))
 

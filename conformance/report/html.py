@@ -11,7 +11,16 @@ import html
 from pathlib import Path
 
 from conformance.model import CheckResult, Diagnosis, Exchange, Report
-from conformance.report._text import OUTCOME_LABEL, masked_headers, summary_line, verdict, verdict_reason, visible
+from conformance.report._text import (
+    OUTCOME_LABEL,
+    masked_headers,
+    summary_line,
+    unverified_heading,
+    unverified_lines,
+    verdict,
+    verdict_reason,
+    visible,
+)
 
 __all__ = ["to_html", "write_html"]
 
@@ -39,7 +48,7 @@ dl.meta dt { color: var(--muted); } dl.meta dd { margin: 0; }
 .badge { display: inline-block; min-width: 3.6em; text-align: center; border-radius: 4px; padding: .05rem .4rem;
          font-weight: 700; font-size: .8rem; color: #fff; }
 .badge.passed { background: var(--pass); } .badge.failed { background: var(--fail); }
-.badge.warning { background: var(--warn); } .badge.skipped { background: var(--skip); }
+.badge.warning { background: var(--warn); } .badge.unverified { background: var(--skip); }
 .diagnosis { border: 2px solid var(--fail); border-left-width: 8px; border-radius: 8px; background: #fff5f5;
              padding: .8rem 1.2rem; margin: 1.2rem 0; }
 .diagnosis h2 { margin: 0 0 .4rem; color: var(--fail); }
@@ -158,7 +167,7 @@ def to_html(report: Report) -> str:
         ("passed", summary.passed),
         ("failed", summary.failed),
         ("warnings", summary.warnings),
-        ("skipped", summary.skipped),
+        ("unverified", summary.unverified),
     ]
     problems = [r for r in report.results if r.outcome in ("failed", "warning")]
     body = [
@@ -179,6 +188,14 @@ def to_html(report: Report) -> str:
         "</header>",
     ]
     body += [_diagnosis(d) for d in report.diagnoses]
+    heading = unverified_heading(report)
+    if heading:
+        body.append('<section class="unverified">')
+        body.append(f"<h2>{_e(heading)}</h2>")
+        body.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in unverified_lines(report)) + "</ul>")
+        if not report.require_all:
+            body.append("<p>Not a failure; <code>--require-all</code> makes unverified MUST rules fail the run.</p>")
+        body.append("</section>")
     body += [
         f"<h2>Checks ({len(report.results)})</h2>",
         "<table><thead><tr><th>ID</th><th>Rule</th><th>Level</th><th>Outcome</th><th>Title</th><th>Message</th>"

@@ -1,7 +1,8 @@
 """The JUnit XML report (the de-facto Jenkins / GitLab / GitHub Actions schema).
 
 One ``<testsuites>`` holding one ``<testsuite name="dualcall-conformance">``; one ``<testcase>`` per
-check. A failed check is a ``<failure>``, a skipped one ``<skipped>``; a warning (a SHOULD failure
+check. A failed check is a ``<failure>``, an unverified one ``<skipped>`` whose message says why and what
+would verify it (with ``--require-all`` an unverified MUST check is a ``<failure>``); a warning (a SHOULD failure
 under the ``must`` threshold) passes, with a ``WARNING`` line in its ``<system-out>``. Diagnoses go
 into the suite's ``<system-out>``. Every string is cleaned of characters XML 1.0 forbids.
 """
@@ -13,7 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from conformance.model import CheckResult, Report
-from conformance.report._text import area_of, exchange_text, summary_line, visible
+from conformance.report._text import area_of, exchange_text, summary_line, unverified_heading, unverified_lines, visible
 
 __all__ = ["SUITE_NAME", "to_junit_xml", "write_junit"]
 
@@ -35,7 +36,7 @@ def _evidence_text(result: CheckResult, *, with_message: bool = True) -> str:
     return "\n".join(parts)
 
 
-def _testcase(parent: ET.Element, result: CheckResult) -> None:
+def _testcase(parent: ET.Element, result: CheckResult, *, require_all: bool) -> None:
     case = _sub(
         parent,
         "testcase",
@@ -44,10 +45,12 @@ def _testcase(parent: ET.Element, result: CheckResult) -> None:
         time=f"{result.duration_s:.3f}",
     )
     headline = f"[{result.rule} {result.level}] {result.message}"
-    if result.outcome == "failed":
+    if result.how_to_verify:
+        headline += f" — to verify: {result.how_to_verify}"
+    if result.outcome == "failed" or (result.outcome == "unverified" and require_all and result.level == "MUST"):
         _sub(case, "failure", _evidence_text(result), message=headline, type=result.id)
-    elif result.outcome == "skipped":
-        _sub(case, "skipped", message=headline)
+    elif result.outcome == "unverified":
+        _sub(case, "skipped", message=f"NOT VERIFIED {headline}")
     elif result.outcome == "warning":
         _sub(case, "system-out", f"WARNING {headline}\n{_evidence_text(result, with_message=False)}".rstrip())
 
@@ -60,6 +63,9 @@ def _diagnoses_text(report: Report) -> str:
         lines.append("What to change:")
         lines += [f"  {number}. {fix}" for number, fix in enumerate(diagnosis.fixes, 1)]
         blocks.append("\n".join(lines))
+    heading = unverified_heading(report)
+    if heading:
+        blocks.append("\n".join([heading, *(f"  - {line}" for line in unverified_lines(report))]))
     blocks.append(summary_line(report))
     return "\n\n".join(blocks)
 
@@ -67,11 +73,12 @@ def _diagnoses_text(report: Report) -> str:
 def to_junit_xml(report: Report) -> ET.Element:
     """The report as a JUnit XML ``<testsuites>`` element (indented)."""
     summary = report.summary
+    failing_unverified = len(summary.unverified_must) if report.require_all else 0
     counts = {
         "tests": str(len(report.results)),
-        "failures": str(summary.failed),
+        "failures": str(summary.failed + failing_unverified),
         "errors": "0",
-        "skipped": str(summary.skipped),
+        "skipped": str(summary.unverified - failing_unverified),
         "time": f"{report.duration_s:.3f}",
     }
     root = ET.Element("testsuites", {"name": SUITE_NAME, **counts})
@@ -90,13 +97,14 @@ def to_junit_xml(report: Report) -> ET.Element:
         "threshold": report.threshold,
         "suite_version": report.suite_version,
         "verdict": "PASS" if report.ok else "FAIL",
+        "unverified_must_rules": ", ".join(summary.unverified_must_rules),
     }
     for index, diagnosis in enumerate(report.diagnoses, 1):
         props[f"diagnosis.{index}"] = diagnosis.name
     for name, value in props.items():
         _sub(properties, "property", name=name, value=value)
     for result in report.results:
-        _testcase(suite, result)
+        _testcase(suite, result, require_all=report.require_all)
     _sub(suite, "system-out", _diagnoses_text(report))
     ET.indent(root)
     return root

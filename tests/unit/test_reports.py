@@ -84,10 +84,11 @@ def make_report() -> Report:
         CheckResult(
             id="DC-STREAM-RESUME",
             rule="DC-2.11",
-            level="SHOULD",
+            level="MUST",
             title="Resume with Last-Event-ID",
-            outcome="skipped",
+            outcome="unverified",
             message="submit failed; nothing to resume " + HOSTILE,
+            how_to_verify="a worker that accepts the submission",
         ),
     ]
     return Report(
@@ -126,7 +127,14 @@ def test_json_validates_against_schema_and_round_trips(report: Report, tmp_path:
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.Draft202012Validator(schema).validate(data)
-    assert data["summary"] == {"passed": 1, "failed": 1, "warnings": 1, "skipped": 1}
+    assert {key: data["summary"][key] for key in ("passed", "failed", "warnings", "unverified")} == {
+        "passed": 1,
+        "failed": 1,
+        "warnings": 1,
+        "unverified": 1,
+    }
+    assert data["summary"]["unverified_must_rules"] == ["DC-2.11"]
+    assert data["summary"]["unverified_must"][0]["how_to_verify"] == "a worker that accepts the submission"
     assert list(data)[:3] == ["schema_version", "target", "contract_version"]
     assert [c["id"] for c in data["checks"]] == [r.id for r in report.results]
     first = data["checks"][0]
@@ -173,7 +181,9 @@ def test_junit_is_read_by_junitparser(report: Report, tmp_path: Path) -> None:
     assert failures[0].type == "DC-SUBMIT-202"
     assert "curl" in (failures[0].text or "")
     skipped = cases["DC-STREAM-RESUME Resume with Last-Event-ID"]
-    assert any(isinstance(r, Skipped) for r in skipped.result)
+    assert any(
+        isinstance(r, Skipped) and "to verify: a worker that accepts" in (r.message or "") for r in skipped.result
+    )
     warning = cases["DC-STREAM-KEEPALIVE Keep-alive comments"]
     assert warning.is_passed
     assert (warning.system_out or "").startswith("WARNING [DC-2.8 SHOULD]")
@@ -252,7 +262,7 @@ def test_html_is_escaped_and_complete(report: Report, tmp_path: Path) -> None:
     assert "script" not in collector.tags
     assert collector.tags.count("details") == 2  # the failure and the warning
     assert "<script>alert(1)</script>" in "".join(collector.text)  # rendered as text
-    assert "1 passed, 1 failed, 1 warnings, 1 skipped in 4.2s" in "".join(collector.text)
+    assert "1 passed, 1 failed, 1 warnings, 1 unverified in 4.2s" in "".join(collector.text)
 
 
 def test_html_passing_report(tmp_path: Path) -> None:
@@ -279,13 +289,15 @@ def test_console_render(report: Report) -> None:
     assert "✔ PASS" in out
     assert "✘ FAIL" in out
     assert "! WARN" in out
-    assert "- SKIP" in out
+    assert "? UNVERIFIED" in out
+    assert "1 MUST rule not verified: DC-2.11" in out
+    assert "to verify: a worker that accepts the submission" in out
     assert f"Diagnosis: {DIAGNOSIS_NAME}" in out
     assert "What to change" in out
     assert "1. Answer POST with 202 {job_id, sse_url}" in out
     assert "POST http://worker.test/v1/inference → 200" in out
     assert "curl" in out
-    assert "1 passed, 1 failed, 1 warnings, 1 skipped in 4.2s — FAIL (MUST failures)" in out
+    assert "1 passed, 1 failed, 1 warnings, 1 unverified in 4.2s — FAIL (MUST failures)" in out
     assert out.rstrip().splitlines()[-1].startswith("1 passed, 1 failed")
     assert "\x1b" not in out
     assert "\x00" not in out
@@ -316,7 +328,7 @@ def test_progress_prints_lines_as_it_advances(report: Report) -> None:
     render_console(report, console, lines_already_printed=progress.lines_printed)
     out = console.export_text()
     assert out.count("DC-SUBMIT-JOBID") == 1
-    assert "1 passed, 1 failed, 1 warnings, 1 skipped" in out
+    assert "1 passed, 1 failed, 1 warnings, 1 unverified" in out
 
 
 def test_progress_on_a_terminal_is_transient(report: Report) -> None:
@@ -337,8 +349,25 @@ def test_warning_only_report_passes(tmp_path: Path) -> None:
     report.diagnoses = []
     console = _console()
     render_console(report, console)
-    assert "PASS (with warnings)" in console.export_text()
+    assert "PASS (with warnings; 1 MUST rule not verified)" in console.export_text()
+
     xml = JUnitXml.fromfile(str(write_junit(report, tmp_path / "j.xml")))
     suite = next(iter(xml)) if isinstance(xml, JUnitXml) else xml
     assert suite.failures == 0
     assert suite.tests == 3
+
+
+def test_require_all_turns_an_unverified_must_rule_into_a_failure(tmp_path: Path) -> None:
+    report = make_report()
+    report.results = [r for r in report.results if r.outcome != "failed"]
+    report.diagnoses = []
+    assert report.ok
+    report.require_all = True
+    assert not report.ok
+    console = _console()
+    render_console(report, console)
+    assert "FAIL (1 MUST rule not verified, --require-all)" in console.export_text()
+    suite = ET.parse(write_junit(report, tmp_path / "j.xml")).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1" and suite.get("skipped") == "0"
+    data = json.loads(write_json(report, tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert data["ok"] is False and data["require_all"] is True
