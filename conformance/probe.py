@@ -315,10 +315,15 @@ class Probe:
                     response.close()
                     break
             else:
+                if not capture.done_seen:
+                    # a final CR is only known to end a line once the stream ends (it could have begun a CRLF)
+                    for event in parser.close():
+                        capture.events.append(event)
+                        if event.data == "[DONE]":
+                            capture.done_seen = True
+                            break
                 if capture.done_seen:
                     capture.closed_after_done = not capture.closed_by_suite
-                else:
-                    capture.events.extend(parser.close())
         except httpx.StreamClosed:
             pass  # our own close after the grace period: the server kept the connection open
         except httpx.HTTPError as exc:

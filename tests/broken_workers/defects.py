@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 import secrets
 import time
 import traceback
@@ -540,19 +541,6 @@ def _splitlines_framing() -> None:
 
 
 @defect(
-    "crlf-framing",
-    "the stream is framed with CRLF line endings (a Windows-style writer) instead of LF only",
-    caught_by=("DC-STREAM-003",),
-)
-def _crlf_framing() -> Middleware:
-    class CRLF(SSERewriter):
-        def block(self, block: bytes) -> bytes:
-            return block.replace(b"\n", b"\r\n")
-
-    return rewrite(is_stream, CRLF)
-
-
-@defect(
     "bad-event-schema",
     'token events use abbreviated keys {"i": 0, "t": "..."} instead of {"index", "text"}',
     caught_by=("DC-STREAM-003",),
@@ -1036,7 +1024,13 @@ def _disconnect_kills_worker() -> Middleware:
     mock_engine.MockEngine.health = wedged_health  # type: ignore[method-assign]
     mock_engine.MockEngine.generate = wedged_generate  # type: ignore[method-assign]
 
-    class DisconnectWedges(Rewriter):
+    return _on_mid_stream_disconnect(lambda _scope: _wedge.update(wedged=True))
+
+
+def _on_mid_stream_disconnect(react: Callable[[Scope], None]) -> Middleware:
+    """Call ``react(scope)`` when a stream reader hangs up before its response is complete."""
+
+    class DisconnectWatch(Rewriter):
         async def run(self, app: Any, scope: Scope, receive: Receive, send: Send) -> None:
             completed = False
 
@@ -1049,12 +1043,71 @@ def _disconnect_kills_worker() -> Middleware:
             async def watch_receive() -> Message:
                 message = await receive()
                 if message["type"] == "http.disconnect" and not completed:
-                    _wedge["wedged"] = True
+                    react(scope)
                 return message
 
             await app(scope, watch_receive, watch_send)
 
-    return rewrite(is_stream, DisconnectWedges)
+    return rewrite(is_stream, DisconnectWatch)
+
+
+def _job_id_of(scope: Scope) -> str:
+    return str(scope["path"]).split("/")[3]
+
+
+@defect(
+    "disconnect-cancels-job",
+    "one reader hanging up cancels the job for every reader (the stream's finally block cancels generation)",
+    caught_by=("DC-LIFE-003",),
+)
+def _disconnect_cancels_job() -> Middleware:
+    registries = _capture_registries()
+
+    def cancel(scope: Scope) -> None:
+        for registry in registries:
+            try:
+                job = registry.get(_job_id_of(scope))
+            except UnknownJob:
+                continue
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+
+    return _on_mid_stream_disconnect(cancel)
+
+
+def _capture_registries() -> list[JobRegistry]:
+    """The worker's registry, once the app has started it (for defects that act on jobs from middleware)."""
+    registries: list[JobRegistry] = []
+    start = JobRegistry.start
+
+    def recording_start(self: JobRegistry) -> None:
+        registries.append(self)
+        start(self)
+
+    JobRegistry.start = recording_start  # type: ignore[method-assign]
+    return registries
+
+
+#: set once a reader disconnects mid-stream (disconnect-stalls-generator)
+_stall = asyncio.Event()
+
+
+@defect(
+    "disconnect-stalls-generator",
+    "after one reader disconnects mid-stream the generator deadlocks, while /health still answers 200",
+    caught_by=("DC-LIFE-003",),
+)
+def _disconnect_stalls_generator() -> Middleware:
+    generate = mock_engine.MockEngine.generate
+
+    async def stalling_generate(self: mock_engine.MockEngine, request: GenerationRequest) -> AsyncIterator[Any]:
+        async for chunk in generate(self, request):
+            if _stall.is_set():
+                await asyncio.Event().wait()  # never set: the deadlock (keep-alives still flow)
+            yield chunk
+
+    mock_engine.MockEngine.generate = stalling_generate  # type: ignore[method-assign]
+    return _on_mid_stream_disconnect(lambda _scope: _stall.set())
 
 
 # -- DC-5 service -----------------------------------------------------------------------------------
@@ -1237,6 +1290,76 @@ def _no_keepalive() -> None:
     worker_sse.KEEPALIVE = b""  # type: ignore[misc]
 
 
+# -- gaps closed by the second round (issue 8) --------------------------------------------------------
+
+
+@defect(
+    "resume-past-end-bare-done",
+    "Last-Event-ID beyond the final id answers 200 with a bare [DONE] (only the exact final id gets 204)",
+    caught_by=("DC-STREAM-012",),
+)
+def _resume_past_end_bare_done() -> None:
+    open_stream = JobRegistry.open_stream
+
+    async def bare_done() -> AsyncIterator[bytes]:
+        yield worker_sse.DONE
+
+    def lenient_open(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+        final = self.get(job_id).final_event_id
+        if final is not None and last_event_id is not None and last_event_id > final:
+            return bare_done()
+        return open_stream(self, job_id, last_event_id)
+
+    JobRegistry.open_stream = lenient_open  # type: ignore[method-assign]
+
+
+@defect(
+    "delete-reports-running",
+    "DELETE of a running job answers 202 with state 'running' (the status read before the cancel took effect)",
+    caught_by=("DC-JOB-002", "DC-JOB-003"),
+)
+def _delete_reports_running() -> Middleware:
+    class StaleState(JSONRewriter):
+        def rewrite_json(self, status: int, headers: Headers, body: Any) -> tuple[int, Headers, Any]:
+            if status == 202 and isinstance(body, dict) and body.get("state") == "cancelled":
+                body["state"] = "running"
+            return status, headers, body
+
+    return rewrite(route("DELETE", JOB_PATH), StaleState)
+
+
+@defect(
+    "unattached-running-never-reclaimed",
+    "the sweeper reclaims only finished jobs: a job nobody reads generates on after its TTL",
+    caught_by=("DC-LIFE-001",),
+    # 512 tokens at 20 ms: the job outlives the 2 s TTL and the suite's wait
+    worker_args=("--token-delay-ms", "20"),
+)
+def _unattached_running_never_reclaimed() -> None:
+    sweep = JobRegistry.sweep
+
+    def finished_only(self: JobRegistry, now: float | None = None) -> int:
+        running = {job_id: job for job_id, job in self._jobs.items() if not job.finished}
+        for job_id in running:
+            del self._jobs[job_id]
+        try:
+            return sweep(self, now)
+        finally:
+            self._jobs.update(running)
+
+    JobRegistry.sweep = finished_only  # type: ignore[method-assign]
+
+
+@defect(
+    "no-openapi-yaml",
+    "only /openapi.json is served; /openapi.yaml, which DC-5.2 also names, is 404",
+    caught_by=("DC-SVC-002",),
+)
+def _no_openapi_yaml() -> Middleware:
+    body = _problem(404, "Not Found", "no such resource")
+    return _fixed_answer(route("GET", "/openapi.yaml"), 404, body, "application/problem+json")
+
+
 # -- conforming variants: unusual but allowed shapes the suite must PASS --------------------------------------------
 
 #: not defects: each is the mock serving a shape the contract allows but the mock does not use
@@ -1278,3 +1401,93 @@ def _absolute_sse_url() -> Middleware:
 )
 def _path_relative_sse_url() -> Middleware:
     return _rewrite_sse_url(lambda scope, job_id, path: f"inference/{job_id}/stream")
+
+
+def _reframe(line_end: bytes) -> Middleware:
+    class Reframe(SSERewriter):
+        def block(self, block: bytes) -> bytes:
+            return block.replace(b"\n", line_end)
+
+    return rewrite(is_stream, Reframe)
+
+
+@variant("crlf-framing", "the stream is framed with CRLF line endings, which SSE allows (DC-2.3, WHATWG)")
+def _crlf_framing() -> Middleware:
+    return _reframe(b"\r\n")
+
+
+@variant("cr-framing", "the stream is framed with bare CR line endings, which SSE allows (DC-2.3, WHATWG)")
+def _cr_framing() -> Middleware:
+    return _reframe(b"\r")
+
+
+@variant("no-charset", "the stream's Content-Type is text/event-stream without a charset parameter (DC-2.1)")
+def _no_charset() -> Middleware:
+    class Bare(Rewriter):
+        def start(self, status: int, headers: Headers) -> tuple[int, Headers]:
+            return status, set_header(headers, "content-type", "text/event-stream") if status == 200 else headers
+
+    return rewrite(is_stream, Bare)
+
+
+@variant("no-store", "the stream says Cache-Control: no-store instead of no-cache (DC-2.1)")
+def _no_store() -> Middleware:
+    class NoStore(Rewriter):
+        def start(self, status: int, headers: Headers) -> tuple[int, Headers]:
+            return status, set_header(headers, "cache-control", "no-store") if status == 200 else headers
+
+    return rewrite(is_stream, NoStore)
+
+
+@variant("one-reader-409", "a second reader of a job that is being read gets 409 problem (DC-2.10)")
+def _one_reader_409() -> None:
+    open_stream = JobRegistry.open_stream
+
+    def exclusive(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+        if self.get(job_id).readers > 0:
+            raise ProblemException(409, "stream-in-use", "this job's stream already has a reader")
+        return open_stream(self, job_id, last_event_id)
+
+    JobRegistry.open_stream = exclusive  # type: ignore[method-assign]
+
+
+#: where the other-stream-path variant serves streams
+_EVENTS_PATH = re.compile(r"^/events/([^/]+)$")
+
+
+@variant(
+    "other-stream-path",
+    "streams live at /events/{job_id} and the default path answers 404: only sse_url leads there (DC-1.7)",
+)
+def _other_stream_path() -> Middleware:
+    def move(body: Any) -> Any:
+        if isinstance(body, dict) and isinstance(body.get("sse_url"), str) and isinstance(body.get("job_id"), str):
+            body["sse_url"] = f"/events/{body['job_id']}"
+        return body
+
+    class Moved(JSONRewriter):
+        def rewrite_json(self, status: int, headers: Headers, body: Any) -> tuple[int, Headers, Any]:
+            body = move(body)
+            if status == 202 and isinstance(body, dict) and "sse_url" in body:
+                headers = set_header(headers, "location", body["sse_url"])
+            return status, headers, body
+
+    moved = rewrite(lambda scope: is_submit(scope) or bool(JOB_PATH.match(scope.get("path", ""))), Moved)
+    not_found = _problem(404, "Not Found", "streams are served at sse_url")
+
+    def middleware(app: Any) -> Any:
+        inner = moved(app)
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and is_stream(scope):
+                await answer(send, 404, not_found, "application/problem+json")
+                return
+            match = _EVENTS_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+            if match:
+                path = f"/v1/inference/{match.group(1)}/stream"
+                scope = {**scope, "path": path, "raw_path": path.encode()}
+            await inner(scope, receive, send)
+
+        return serve
+
+    return middleware
