@@ -104,6 +104,7 @@ def cancel_running(ctx: Context) -> str:
     way, so another job is tried; only when every attempt finished first is the rule unverified.
     """
     finished_first: list[str] = []
+    failed_instead: list[str] = []
     for attempt in range(CANCEL_ATTEMPTS):
         job = _long_job(ctx, seed=3 + attempt)
         answers: list[httpx.Response] = []
@@ -126,7 +127,11 @@ def cancel_running(ctx: Context) -> str:
         if state != "cancelled":
             if reason == "cancelled":
                 raise CheckFailed(f"the reader got end(cancelled) but DELETE answered state {state!r}")
-            finished_first.append(f"job {attempt + 1}: {tokens} tokens, DELETE answered {state!r}")
+            errors = [e.data for e in capture.protocol_events if e.event == "error"]
+            if state == "failed" and errors:
+                failed_instead.append(f"job {attempt + 1}: after {tokens} tokens, error {errors[-1][:200]}")
+            else:
+                finished_first.append(f"job {attempt + 1}: {tokens} tokens, DELETE answered {state!r}")
             continue
         if not ends:
             raise CheckFailed("the attached reader got no end event after DELETE", f"read ended: {capture.error}")
@@ -139,6 +144,13 @@ def cancel_running(ctx: Context) -> str:
             raise CheckFailed("the attached reader got no [DONE] after end(cancelled)")
         elapsed = time.perf_counter() - started
         return f"cancelled after {tokens} tokens; stream closed {elapsed:.2f}s after start"
+    if len(failed_instead) == CANCEL_ATTEMPTS:
+        # one job failing on its own just as it was cancelled is possible; every one of them is the cancel path
+        raise CheckFailed(
+            f"each of {CANCEL_ATTEMPTS} jobs cancelled right after it started answered DELETE with 'failed' and "
+            "ended its reader's stream with an error event instead of end(cancelled)",
+            *failed_instead,
+        )
     raise CheckUnverified(
         f"each of {CANCEL_ATTEMPTS} jobs of max_tokens {ctx.max_tokens_cap} finished before its DELETE landed, "
         "so cancelling a running job could not be observed",
