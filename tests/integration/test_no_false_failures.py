@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ OPTIONS = Options(timeout_s=5, ttl_budget_s=4)
 #: configurations run at once (each run is mostly waiting on the worker and on TTLs)
 PARALLEL = 4
 FUZZ_EXAMPLES = 8
+#: hypothesis compiles code while generating, and CPython's AST compiler is not safe across threads
+#: ("SystemError: AST constructor recursion depth mismatch"): fuzzing runs one at a time
+FUZZ_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,7 @@ class VariantWorker(WorkerProcess):
     """`serve.py VARIANT` instead of `python -m workers mock`."""
 
     def __init__(self, variant: str, *args: str) -> None:
-        super().__init__("mock", *args, start_timeout_s=30.0)
+        super().__init__("mock", *args, start_timeout_s=60.0)
         self.variant = variant
 
     @property
@@ -84,21 +88,28 @@ def _describe(run_index: int, result: CheckResult) -> str:
 
 def _exercise(config: Config) -> Outcome:
     outcome = Outcome(config)
-    worker = VariantWorker(config.variant, *config.args) if config.variant else WorkerProcess("mock", *config.args)
+    worker = (
+        VariantWorker(config.variant, *config.args)
+        if config.variant
+        else WorkerProcess("mock", *config.args, start_timeout_s=60.0)
+    )
     try:
         with worker:
             options = Options(OPTIONS.timeout_s, OPTIONS.ttl_budget_s, token=config.token)
             for index in range(REPEAT):
                 fuzz = index == 0 and config.variant != "other-stream-path"
-                report = run(
-                    RunConfig(
-                        target=worker.url,
-                        options=options,
-                        fuzz=fuzz,
-                        max_examples=FUZZ_EXAMPLES,
-                        seed=1000 + 17 * index + len(config.name),
-                    )
+                run_config = RunConfig(
+                    target=worker.url,
+                    options=options,
+                    fuzz=fuzz,
+                    max_examples=FUZZ_EXAMPLES,
+                    seed=1000 + 17 * index + len(config.name),
                 )
+                if fuzz:
+                    with FUZZ_LOCK:
+                        report = run(run_config)
+                else:
+                    report = run(run_config)
                 outcome.runs += 1
                 outcome.bad += [_describe(index, r) for r in report.results if r.outcome in ("failed", "warning")]
                 outcome.unverified |= {r.id for r in report.results if r.outcome == "unverified"}
@@ -114,6 +125,9 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
     runs = sum(outcome.runs for outcome in results.values())
     failures = sum(len(outcome.bad) for outcome in results.values())
     print(f"\n{runs} suite runs against {len(CONFIGS)} conforming configurations: {failures} false failures")
+    for outcome in results.values():
+        for line in outcome.bad:
+            print(f"  {outcome.config.name}: {line.splitlines()[0]}")
     yield results
 
 
