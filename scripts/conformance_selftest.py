@@ -1,6 +1,7 @@
 """The main job (``tox -e conformance``): the suite must pass the mock and fail the legacy worker.
 
-1. start the mock worker (short TTL so reclaim is observable), run the suite: 0 MUST failures;
+1. start the mock worker at zero token delay (the fastest worker it can be: a gate must never fail a
+   fast conforming worker) with a short TTL so reclaim is observable, run the suite: 0 MUST failures;
 2. start the legacy direct-SSE worker, run the suite: it must fail and name the legacy shape;
 3. print both summaries; exit 0 only when both expectations hold.
 
@@ -43,6 +44,15 @@ def run_suite(url: str, name: str, out: Path, extra: list[str]) -> tuple[int, di
     return code, report
 
 
+def _summary(report: dict[str, object]) -> str:
+    summary = report.get("summary")
+    if not isinstance(summary, dict):
+        return "no report"
+    counts = ", ".join(f"{summary.get(key, 0)} {key}" for key in ("passed", "failed", "warnings", "unverified"))
+    rules = summary.get("unverified_must_rules") or []
+    return counts + (f"; MUST rules not verified: {', '.join(map(str, rules))}" if rules else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports)")
@@ -50,7 +60,7 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    with WorkerProcess("mock", "--ttl-s", "2", "--keepalive-s", "1", "--token-delay-ms", "1") as mock:
+    with WorkerProcess("mock", "--ttl-s", "2", "--keepalive-s", "1", "--token-delay-ms", "0") as mock:
         print(f"mock worker: {mock.url}", flush=True)
         mock_code, mock_report = run_suite(mock.url, "mock", args.out, args.suite_args)
     mock_seconds = time.perf_counter() - started
@@ -65,8 +75,8 @@ def main() -> int:
         ("legacy worker is diagnosed as the legacy direct-SSE shape", LEGACY_DIAGNOSIS in diagnoses),
     ]
     print("\n=== dualcall conformance self-test ===")
-    print(f"mock   ({mock_seconds:.1f}s incl. start): exit {mock_code}, summary {mock_report.get('summary')}")
-    print(f"legacy: exit {legacy_code}, summary {legacy_report.get('summary')}, diagnoses {diagnoses}")
+    print(f"mock   ({mock_seconds:.1f}s incl. start): exit {mock_code}, {_summary(mock_report)}")
+    print(f"legacy: exit {legacy_code}, {_summary(legacy_report)}, diagnoses {diagnoses}")
     for label, ok in expectations:
         print(f"  [{'ok' if ok else 'FAILED'}] {label}")
     print(f"reports: {args.out}/mock.{{json,junit.xml,html}} and {args.out}/legacy.{{json,junit.xml,html}}")
