@@ -31,17 +31,30 @@ class Exchange:
     error: str | None = None
 
     def curl(self) -> str:
-        """A command line that repeats the request (the bearer token is masked)."""
+        """A shell command that repeats the request as printed.
+
+        The bearer token comes from ``$DUALCALL_TOKEN`` (double-quoted, so the shell expands it); a
+        body with bytes an argument cannot carry (NUL) is piped in through ``printf``.
+        """
         parts = ["curl", "-sS", "-i", "-N"] if self.method == "GET" else ["curl", "-sS", "-i", "-X", self.method]
+        words = [shlex.quote(part) for part in parts]
         for name, value in self.request_headers.items():
             if name.lower() in {"host", "content-length", "accept-encoding", "connection", "user-agent"}:
                 continue
-            shown = "Bearer $DUALCALL_TOKEN" if name.lower() == "authorization" else value
-            parts += ["-H", f"{name}: {shown}"]
+            if name.lower() == "authorization":
+                words += ["-H", f'"{name}: Bearer $DUALCALL_TOKEN"']
+            else:
+                words += ["-H", shlex.quote(f"{name}: {value}")]
+        pipe = ""
         if self.request_body is not None:
-            parts += ["--data-binary", self.request_body]
-        parts.append(self.url)
-        return " ".join(shlex.quote(part) for part in parts)
+            if "\x00" in self.request_body:
+                escaped = self.request_body.replace("\\", "\\\\").replace("\x00", "\\0000")
+                pipe = f"printf %b {shlex.quote(escaped)} | "
+                words += ["--data-binary", "@-"]
+            else:
+                words += ["--data-binary", shlex.quote(self.request_body)]
+        words.append(shlex.quote(self.url))
+        return pipe + " ".join(words)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -163,6 +176,13 @@ class Report:
     suite_version: str = ""
     #: ``--require-all``: an unverified MUST check fails the run
     require_all: bool = False
+    #: the fuzz seed of this run (``--seed`` replays it); None when nothing was fuzzed
+    seed: int | None = None
+
+    def replay_command(self, result: CheckResult) -> str:
+        """The command that runs this one check again against the same target."""
+        seed = f" --seed {self.seed}" if self.seed is not None and result.id.startswith("DC-FUZZ") else ""
+        return f"dualcall-conformance {shlex.quote(self.target)} --checks {result.id}{seed}"
 
     @property
     def summary(self) -> Summary:
@@ -195,6 +215,7 @@ class Report:
             "suite_version": self.suite_version,
             "threshold": self.threshold,
             "require_all": self.require_all,
+            "seed": self.seed,
             "started_at": self.started_at,
             "duration_s": round(self.duration_s, 3),
             "ok": self.ok,

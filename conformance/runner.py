@@ -217,6 +217,7 @@ def run(
         fuzz_ids = {spec.id for spec in FUZZ_CHECKS}
         wanted = fuzz_ids if config.only is None else fuzz_ids & config.only
         if config.fuzz and wanted:
+            report.seed = config.seed
             if on_start:
                 on_start(FUZZ_CHECKS[0])
             for result in run_fuzz(

@@ -94,6 +94,14 @@ def unverified_lines(report: Report) -> list[str]:
     return lines
 
 
+def counted(lines: list[str]) -> list[str]:
+    """*lines* with repeats folded into the first occurrence: ``line (x8)``."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    return [line if count == 1 else f"{line} (x{count})" for line, count in counts.items()]
+
+
 def area_of(result: CheckResult) -> str:
     """The group a check belongs to, from its id: ``DC-SUBMIT-202`` → ``DC-SUBMIT``.
 

@@ -27,6 +27,7 @@ from conformance.model import CheckResult, Diagnosis, Report
 from conformance.report._text import (
     OUTCOME_LABEL,
     clip,
+    counted,
     request_line,
     response_line,
     summary_line,
@@ -70,7 +71,7 @@ def check_line(result: CheckResult, *, id_width: int = 16) -> Text:
     return line
 
 
-def _print_evidence(console: Console, result: CheckResult) -> None:
+def _print_evidence(console: Console, result: CheckResult, report: Report) -> None:
     style = _STYLE[result.outcome]
     text = Text()
     text.append(f"{OUTCOME_LABEL[result.outcome]} ", style=style)
@@ -78,7 +79,7 @@ def _print_evidence(console: Console, result: CheckResult) -> None:
     text.append(f"[{result.rule} {result.level}] ", style="cyan")
     text.append(_clean(result.title) + "\n")
     text.append(f"  {_hang(_clean(result.message), '  ')}")
-    for detail in result.details:
+    for detail in counted(result.details):
         text.append(f"\n  • {_hang(_clean(detail), '    ')}")
     if result.exchanges:
         exchange = result.exchanges[0]
@@ -94,6 +95,7 @@ def _print_evidence(console: Console, result: CheckResult) -> None:
         if len(result.exchanges) > 1:
             more = len(result.exchanges) - 1
             console.print(Text(f"    (+{more} more exchanges in the JSON/HTML report)", style="dim"))
+    console.print(Text("  replay: " + _clean(report.replay_command(result)), style="dim"), soft_wrap=True)
 
 
 def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
@@ -138,7 +140,7 @@ def render_console(report: Report, console: Console, *, lines_already_printed: b
         console.print()
         console.rule(Text("Failures and warnings", style="bold"))
         for result in problems:
-            _print_evidence(console, result)
+            _print_evidence(console, result, report)
             console.print()
     for diagnosis in report.diagnoses:
         console.print(_diagnosis_panel(diagnosis))

@@ -13,6 +13,7 @@ from pathlib import Path
 from conformance.model import CheckResult, Diagnosis, Exchange, Report
 from conformance.report._text import (
     OUTCOME_LABEL,
+    counted,
     masked_headers,
     summary_line,
     unverified_heading,
@@ -112,17 +113,31 @@ def _exchange(index: int, exchange: Exchange) -> str:
     return "\n".join(parts)
 
 
-def _evidence(result: CheckResult) -> str:
-    opened = " open" if result.outcome == "failed" else ""
+def _exchange_key(exchange: Exchange) -> tuple[object, ...]:
+    return (exchange.method, exchange.url, exchange.request_body, exchange.status, exchange.body_excerpt)
+
+
+def _evidence(result: CheckResult, *, opened: bool, shown: dict[tuple[object, ...], str]) -> str:
+    """One collapsible block; an exchange already shown under another check is referred to, not repeated."""
     parts = [
-        f'<details id="{_e(_anchor(result))}" class="{result.outcome}"{opened}>',
+        f'<details id="{_e(_anchor(result))}" class="{result.outcome}"{" open" if opened else ""}>',
         f'<summary><span class="badge {result.outcome}">{OUTCOME_LABEL[result.outcome]}</span> '
         f"<code>{_e(result.id)}</code> [{_e(result.rule)} {_e(result.level)}] {_e(result.title)}</summary>",
         f"<p>{_e(result.message)}</p>",
     ]
     if result.details:
-        parts.append("<ul>" + "".join(f"<li>{_e(detail)}</li>" for detail in result.details) + "</ul>")
-    parts += [_exchange(index, exchange) for index, exchange in enumerate(result.exchanges, 1)]
+        parts.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in counted(result.details)) + "</ul>")
+    for index, exchange in enumerate(result.exchanges, 1):
+        key = _exchange_key(exchange)
+        if key in shown:
+            parts.append(
+                f'<div class="exchange"><div class="label">exchange {index}</div>'
+                f"{_e(exchange.method)} {_e(exchange.url)} — the same exchange as under "
+                f'<a href="#{_e(shown[key])}">{_e(shown[key].removeprefix("check-"))}</a></div>'
+            )
+        else:
+            shown[key] = _anchor(result)
+            parts.append(_exchange(index, exchange))
     parts.append("</details>")
     return "\n".join(parts)
 
@@ -205,7 +220,10 @@ def to_html(report: Report) -> str:
     ]
     if problems:
         body.append(f"<h2>Failures and warnings ({len(problems)})</h2>")
-        body += [_evidence(r) for r in problems]
+        shown: dict[tuple[object, ...], str] = {}
+        # only the first failure starts open: a page of expanded evidence hides the diagnosis and the table
+        first = next((r for r in problems if r.outcome == "failed"), None)
+        body += [_evidence(r, opened=r is first, shown=shown) for r in problems]
     body += [f"<footer>{_e(summary_line(report))}</footer>", "</body></html>", ""]
     return "\n".join(body)
 

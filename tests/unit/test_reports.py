@@ -371,3 +371,29 @@ def test_require_all_turns_an_unverified_must_rule_into_a_failure(tmp_path: Path
     assert suite is not None and suite.get("failures") == "1" and suite.get("skipped") == "0"
     data = json.loads(write_json(report, tmp_path / "r.json").read_text(encoding="utf-8"))
     assert data["ok"] is False and data["require_all"] is True
+
+
+def test_curl_runs_as_printed_with_the_token_from_the_environment(tmp_path: Path) -> None:
+    """The reproduction line expands $DUALCALL_TOKEN and carries a NUL byte in the body intact."""
+    import shutil
+    import subprocess
+
+    body = '{"prompt": "a\x001b\\\\n%s"}'
+    exchange = Exchange(
+        method="POST",
+        url="http://127.0.0.1:9/v1/inference",
+        request_headers={"Authorization": "Bearer ***", "Content-Type": "application/json"},
+        request_body=body,
+    )
+    line = exchange.curl()
+    assert "'Authorization" not in line and '"Authorization: Bearer $DUALCALL_TOKEN"' in line
+    bash = shutil.which("bash")
+    assert bash is not None
+    # swap curl for a recorder of its stdin and arguments; the shell line itself runs unchanged
+    recorder = tmp_path / "curl"
+    recorder.write_text(f'#!{bash}\ncat > "{tmp_path}/body"; printf "%s\\n" "$@" > "{tmp_path}/args"\n')
+    recorder.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DUALCALL_TOKEN": "s3cret"}
+    subprocess.run([bash, "-c", line], check=True, env=env, timeout=10)
+    assert (tmp_path / "body").read_bytes() == body.encode()
+    assert "Authorization: Bearer s3cret" in (tmp_path / "args").read_text()
