@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,18 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
     )
 
 
+def _fuzz_in_scratch_dir(*args: object, **kwargs: object) -> list[CheckResult]:
+    """`run_fuzz` with hypothesis' cache in a temporary directory: the run leaves no files behind."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    with tempfile.TemporaryDirectory(prefix="dualcall-hypothesis-") as scratch:
+        set_hypothesis_home_dir(scratch)
+        try:
+            return run_fuzz(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            set_hypothesis_home_dir(None)
+
+
 def run(
     config: RunConfig,
     *,
@@ -220,7 +233,7 @@ def run(
             report.seed = config.seed
             if on_start:
                 on_start(FUZZ_CHECKS[0])
-            for result in run_fuzz(
+            for result in _fuzz_in_scratch_dir(
                 config.target,
                 token=config.options.token,
                 max_examples=config.max_examples,
