@@ -20,6 +20,7 @@ from conformance import __version__
 from conformance.checks import AREAS
 from conformance.context import Options
 from conformance.contract import contract_version
+from conformance.extras import missing_extra_message
 from conformance.probe import TargetUnreachable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -140,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_catalogue(console)
         return EXIT_OK
     target = _validate_url(parser, args.url)
+    missing = missing_extra_message()
+    if missing:
+        print(f"dualcall-conformance: error: {missing}", file=sys.stderr)
+        return EXIT_USAGE
 
     from conformance.report import ConsoleProgress, render_console, write_html, write_json, write_junit
     from conformance.runner import RunConfig, catalogue, run, unknown_ids

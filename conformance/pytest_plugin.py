@@ -119,6 +119,11 @@ def _results(config: pytest.Config) -> dict[str, CheckResult]:
 
 def _preflight(config: pytest.Config) -> None:
     """An unreachable or non-HTTP target is a usage error (exit 4), not one failure per check."""
+    from conformance.extras import missing_extra_message
+
+    missing = missing_extra_message()
+    if missing:
+        raise pytest.UsageError(f"dualcall: {missing}")
     from conformance.probe import Probe, TargetUnreachable
     from conformance.runner import preflight, unknown_ids
 
