@@ -14,8 +14,15 @@ CONFORMANCE_EXTRA: Final = "dualcall[conformance]"
 CONFORMANCE_MODULES: Final = ("schemathesis", "hypothesis", "jsonschema")
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or a half-removed module
+        return False
+
+
 def missing_conformance_modules() -> list[str]:
-    return [name for name in CONFORMANCE_MODULES if importlib.util.find_spec(name) is None]
+    return [name for name in CONFORMANCE_MODULES if not _importable(name)]
 
 
 def missing_extra_message() -> str | None:
