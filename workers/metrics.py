@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from workers.registry import Job, JobRegistry
 
 #: the classic text format, which every Prometheus version scrapes (generate_latest writes it)
-MEDIA_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+MEDIA_TYPE: Final = "text/plain; version=0.0.4"  # Litestar appends "; charset=utf-8"
 
 _COUNTER_HELP: Final = {
     "jobs_submitted": "Jobs accepted by POST /v1/inference.",
