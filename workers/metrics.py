@@ -1,19 +1,22 @@
 """Prometheus metrics of a worker: the registry's counters and gauges, and latency histograms.
 
 Each registry gets its own ``CollectorRegistry`` (never prometheus_client's global one), so
-several apps in one process (tests, benchmarks) do not share or collide. Counters and gauges are
-read from the job registry at scrape time; only the histograms are updated while serving, by
-:class:`StreamTimer`, one ``observe`` per token event.
+several apps in one process (tests, benchmarks) do not share or collide. prometheus_client
+writes the exposition at scrape time; while serving, a token event costs one ``bisect`` and two
+additions (:class:`LatencyHistogram`), not a lock and a bucket loop: everything runs on the
+event loop's one thread.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -38,11 +41,35 @@ TOKEN_INTERVAL_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
-class _RegistryCollector(Collector):
-    """The job registry's counters and gauges, read when /metrics is scraped."""
+class LatencyHistogram:
+    """Bucket counts and a sum, as Prometheus histograms count them (``le``: value <= bound)."""
 
-    def __init__(self, jobs: JobRegistry) -> None:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = (*bounds, math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        buckets = []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), float(running)))
+        return buckets
+
+
+class _RegistryCollector(Collector):
+    """The job registry's counters, gauges and histograms, read when /metrics is scraped."""
+
+    def __init__(self, jobs: JobRegistry, metrics: JobMetrics) -> None:
         self._jobs = jobs
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         jobs = self._jobs
@@ -56,42 +83,52 @@ class _RegistryCollector(Collector):
         )
         for metric, help_text, gauge in gauges:
             yield GaugeMetricFamily(metric, help_text, value=gauge)
+        metrics = self._metrics
+        for name, help_text, histogram in (
+            (
+                "dualcall_time_to_first_token_seconds",
+                "Seconds from submit (202) to the job's first token event; includes time queued.",
+                metrics.time_to_first_token,
+            ),
+            (
+                "dualcall_token_interval_seconds",
+                "Seconds between consecutive token events of a job.",
+                metrics.token_interval,
+            ),
+        ):
+            yield HistogramMetricFamily(name, help_text, buckets=histogram.cumulative(), sum_value=histogram.total)
+        durations = HistogramMetricFamily(
+            "dualcall_stream_duration_seconds",
+            "Seconds from submit (202) to the job's final event, by final state.",
+            labels=("state",),
+        )
+        for state, histogram in sorted(metrics.stream_duration.items()):
+            durations.add_metric([state], histogram.cumulative(), histogram.total)
+        yield durations
 
 
 class JobMetrics:
     """Latency histograms of one job registry, and the exposition of everything it counts."""
 
     def __init__(self, jobs: JobRegistry) -> None:
+        self.time_to_first_token = LatencyHistogram(TTFT_BUCKETS)
+        self.token_interval = LatencyHistogram(TOKEN_INTERVAL_BUCKETS)
+        self.stream_duration: dict[str, LatencyHistogram] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_RegistryCollector(jobs))
-        self.time_to_first_token = Histogram(
-            "dualcall_time_to_first_token_seconds",
-            "Seconds from submit (202) to the job's first token event; includes time queued.",
-            buckets=TTFT_BUCKETS,
-            registry=self.registry,
-        )
-        self.token_interval = Histogram(
-            "dualcall_token_interval_seconds",
-            "Seconds between consecutive token events of a job.",
-            buckets=TOKEN_INTERVAL_BUCKETS,
-            registry=self.registry,
-        )
-        self.stream_duration = Histogram(
-            "dualcall_stream_duration_seconds",
-            "Seconds from submit (202) to the job's final event, by final state.",
-            labelnames=("state",),
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
+        self.registry.register(_RegistryCollector(jobs, self))
 
     def timer(self, submitted_mono: float) -> StreamTimer:
         return StreamTimer(self, submitted_mono)
 
     def job_finished(self, job: Job, submitted_mono: float, finished_mono: float) -> None:
-        self.stream_duration.labels(state=job.state).observe(finished_mono - submitted_mono)
+        histogram = self.stream_duration.get(job.state)
+        if histogram is None:
+            histogram = self.stream_duration[job.state] = LatencyHistogram(DURATION_BUCKETS)
+        histogram.observe(finished_mono - submitted_mono)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        exposition: bytes = generate_latest(self.registry)
+        return exposition
 
 
 class StreamTimer:
