@@ -20,7 +20,6 @@ from conformance import __version__
 from conformance.checks import AREAS
 from conformance.context import Options
 from conformance.contract import contract_version
-from conformance.extras import missing_extra_message
 from conformance.probe import TargetUnreachable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -141,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_catalogue(console)
         return EXIT_OK
     target = _validate_url(parser, args.url)
+    from conformance.extras import missing_extra_message
+
     missing = missing_extra_message()
     if missing:
         print(f"dualcall-conformance: error: {missing}", file=sys.stderr)
