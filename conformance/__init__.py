@@ -1,3 +1,8 @@
 """dualcall conformance suite: gate any worker URL against the dual-call streaming contract."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("dualcall")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"

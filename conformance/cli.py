@@ -161,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_catalogue(console)
         return EXIT_OK
     target = _validate_url(parser, args.url)
+    from conformance.extras import missing_extra_message
+
+    missing = missing_extra_message()
+    if missing:
+        print(f"dualcall-conformance: error: {missing}", file=sys.stderr)
+        return EXIT_USAGE
 
     from conformance.report import ConsoleProgress, render_console, write_html, write_json, write_junit
     from conformance.runner import RunConfig, catalogue, run, unknown_ids

@@ -12,14 +12,22 @@ What orchestrator authors import::
 
 The client follows ``sse_url`` as a URL reference resolved against the POST URL (it never
 builds the stream path itself), resumes with ``Last-Event-ID`` after a dropped connection, and
-stops at ``[DONE]``.
+stops at ``[DONE]``. Reconnects wait with bounded exponential backoff and jitter; a submit
+answered ``503`` is retried a bounded number of times, after ``Retry-After`` when the worker
+sends one (the job was not created, so the retry cannot duplicate it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any, Final
 
 import httpx
@@ -28,6 +36,9 @@ from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 SUBMIT_PATH: Final = "/v1/inference"
 DONE_DATA: Final = "[DONE]"
 DEFAULT_TIMEOUT_S: Final = 30.0
+#: characters of a non-problem error body kept in the exception
+BODY_EXCERPT_CHARS: Final = 300
+_PROBLEM_MEMBERS: Final = ("type", "title", "detail")
 
 
 class DualCallError(Exception):
@@ -39,12 +50,44 @@ class ProtocolError(DualCallError):
 
 
 class ProblemError(DualCallError):
-    """The worker answered an RFC 9457 problem (or another error status)."""
+    """The worker answered an error status: an RFC 9457 problem, or any other body.
 
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+    ``problem`` is the problem document; for another body it is ``{"detail": <excerpt>}``, and
+    ``body`` keeps the excerpt either way, so the message never loses what the worker said.
+    ``retry_after_s`` is the worker's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self, status: int, problem: dict[str, Any], *, body: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         self.status = status
         self.problem = problem
-        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+        self.body = body if body is not None else str(problem.get("detail", ""))
+        self.retry_after_s = retry_after_s
+        super().__init__(_describe(status, problem, self.body))
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _is_problem(document: dict[str, Any]) -> bool:
+    return any(isinstance(document.get(member), str) and document[member] for member in _PROBLEM_MEMBERS)
+
+
+def _describe(status: int, problem: dict[str, Any], body: str) -> str:
+    if _is_problem(problem) and ("title" in problem or "type" in problem):
+        title = problem.get("title") or _reason(status)
+        detail = problem.get("detail")
+        return f"{status} {title}: {detail}" if detail else f"{status} {title}"
+    return f"{status} {_reason(status)}: {body!r}" if body else f"{status} {_reason(status)} (empty body)"
+
+
+def _excerpt(text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… (+{len(text) - limit} chars)"
 
 
 class StreamEnded(DualCallError):
@@ -154,11 +197,64 @@ def _check_stream_type(response: httpx.Response) -> None:
 
 
 def _problem(response: httpx.Response) -> ProblemError:
+    excerpt = _excerpt(response.text)
     try:
-        body = response.json()
+        document = response.json()
     except ValueError:
-        body = {"detail": response.text[:300]}
-    return ProblemError(response.status_code, body if isinstance(body, dict) else {"detail": str(body)})
+        document = None
+    if not isinstance(document, dict) or not _is_problem(document):
+        document = {"detail": excerpt}
+    return ProblemError(
+        response.status_code, document, body=excerpt, retry_after_s=retry_after_seconds(response.headers)
+    )
+
+
+def retry_after_seconds(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date (RFC 9110 10.2.3); None if absent/invalid."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Bounded exponential backoff with jitter for reconnects and retries.
+
+    Attempt ``n`` (from 1) waits ``min(max_s, initial_s * factor ** (n - 1))``, scaled by a random
+    factor in ``[1 - jitter, 1]`` so that many clients cut off together do not reconnect together.
+    """
+
+    initial_s: float = 0.1
+    factor: float = 2.0
+    max_s: float = 5.0
+    jitter: float = 0.5
+
+    def ceiling(self, attempt: int) -> float:
+        return min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
+
+    def delay(self, attempt: int) -> float:
+        return self.ceiling(attempt) * (1.0 - self.jitter * random.random())
+
+
+DEFAULT_BACKOFF: Final = Backoff()
+
+
+def _submit_wait(error: ProblemError, attempt: int, retries: int, backoff: Backoff, max_wait_s: float) -> float | None:
+    """Seconds to wait before retrying a submit that failed with ``error``, or None to give up."""
+    if error.status != 503 or attempt > retries:
+        return None
+    if error.retry_after_s is None:
+        return backoff.delay(attempt)
+    return error.retry_after_s if error.retry_after_s <= max_wait_s else None
 
 
 def _body(prompt: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -174,10 +270,12 @@ def _resume_headers(last_event_id: int | None) -> dict[str, str]:
 
 
 def _after_drop(resumes: int, max_resumes: int, dropped: BaseException | None) -> int:
-    """Count one more reconnect, or give up with StreamEnded."""
+    """Count one more reconnect without progress, or give up with StreamEnded."""
     resumes += 1
     if resumes > max_resumes:
-        raise StreamEnded(f"stream ended before [DONE] {resumes} times (last: {dropped or 'clean close'})")
+        raise StreamEnded(
+            f"stream ended before [DONE] {resumes} times without progress (last: {dropped or 'clean close'})"
+        )
     return resumes
 
 
@@ -208,7 +306,13 @@ def _assemble(job_id: str, events: list[Event]) -> Completion:
 
 
 class DualCallClient:
-    """Blocking client. ``max_resumes`` bounds reconnects after a dropped stream."""
+    """Blocking client.
+
+    ``max_resumes`` bounds consecutive reconnects that deliver no new event; each waits
+    ``backoff.delay(n)``. ``submit_retries`` bounds retries of a submit answered 503, each after
+    the worker's ``Retry-After`` (given up at once when that exceeds ``max_retry_after_s``) or,
+    without one, after ``backoff.delay(n)``. ``sleep`` is how the client waits (tests pass a recorder).
+    """
 
     def __init__(
         self,
@@ -217,10 +321,18 @@ class DualCallClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_resumes: int = 3,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        submit_retries: int = 2,
+        max_retry_after_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
         http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_resumes = max_resumes
+        self.backoff = backoff
+        self.submit_retries = submit_retries
+        self.max_retry_after_s = max_retry_after_s
+        self._sleep = sleep
         self._http = http or httpx.Client(timeout=timeout, headers=_headers(token))
         self._owns_http = http is None
 
@@ -235,13 +347,24 @@ class DualCallClient:
             self._http.close()
 
     def submit(self, prompt: str, **params: Any) -> Submission:
+        """POST the job; a 503 is retried up to ``submit_retries`` times (see module doc)."""
         url = self.base_url + SUBMIT_PATH
-        return parse_submission(url, self._http.post(url, json=_body(prompt, params)))
+        attempt = 0
+        while True:
+            try:
+                return parse_submission(url, self._http.post(url, json=_body(prompt, params)))
+            except ProblemError as error:
+                attempt += 1
+                wait = _submit_wait(error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s)
+                if wait is None:
+                    raise
+            self._sleep(wait)
 
     def events(self, job: Submission, *, last_event_id: int | None = None) -> Iterator[Event]:
         """Typed events until ``[DONE]``, resuming after a dropped connection."""
         resumes = 0
         while True:
+            resumed_after = last_event_id
             headers = _resume_headers(last_event_id)
             try:
                 with connect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
@@ -263,7 +386,10 @@ class DualCallClient:
                 dropped: BaseException | None = exc
             else:
                 dropped = None  # closed cleanly but before [DONE]: also resumable
+            if last_event_id != resumed_after:
+                resumes = 0  # progress: only reconnects that deliver nothing count against max_resumes
             resumes = _after_drop(resumes, self.max_resumes, dropped)
+            self._sleep(self.backoff.delay(resumes))
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         job = self.submit(prompt, **params)
@@ -286,10 +412,18 @@ class AsyncDualCallClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_resumes: int = 3,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        submit_retries: int = 2,
+        max_retry_after_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_resumes = max_resumes
+        self.backoff = backoff
+        self.submit_retries = submit_retries
+        self.max_retry_after_s = max_retry_after_s
+        self._sleep = sleep
         self._http = http or httpx.AsyncClient(timeout=timeout, headers=_headers(token))
         self._owns_http = http is None
 
@@ -305,11 +439,21 @@ class AsyncDualCallClient:
 
     async def submit(self, prompt: str, **params: Any) -> Submission:
         url = self.base_url + SUBMIT_PATH
-        return parse_submission(url, await self._http.post(url, json=_body(prompt, params)))
+        attempt = 0
+        while True:
+            try:
+                return parse_submission(url, await self._http.post(url, json=_body(prompt, params)))
+            except ProblemError as error:
+                attempt += 1
+                wait = _submit_wait(error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s)
+                if wait is None:
+                    raise
+            await self._sleep(wait)
 
     async def events(self, job: Submission, *, last_event_id: int | None = None) -> AsyncIterator[Event]:
         resumes = 0
         while True:
+            resumed_after = last_event_id
             headers = _resume_headers(last_event_id)
             try:
                 async with aconnect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
@@ -331,7 +475,10 @@ class AsyncDualCallClient:
                 dropped: BaseException | None = exc
             else:
                 dropped = None  # closed cleanly but before [DONE]: also resumable
+            if last_event_id != resumed_after:
+                resumes = 0  # progress: only reconnects that deliver nothing count against max_resumes
             resumes = _after_drop(resumes, self.max_resumes, dropped)
+            await self._sleep(self.backoff.delay(resumes))
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
         job = await self.submit(prompt, **params)

@@ -165,6 +165,15 @@ def _preflight(config: pytest.Config) -> None:
         probe.close()
 
 
+def _require_conformance_extra() -> None:
+    """A worker-only install loads this plugin too; running checks needs the conformance extra."""
+    from conformance.extras import missing_extra_message
+
+    missing = missing_extra_message()
+    if missing:
+        raise pytest.UsageError(f"dualcall: {missing}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dualcall: a dualcall conformance check")
 
@@ -173,6 +182,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if not config.getoption("--dualcall-url"):
         return
+    _require_conformance_extra()
     _preflight(config)
     collector = DualcallCollector.from_parent(session, name="dualcall-conformance")
     items[:0] = list(session.genitems(collector))  # genitems: reported, so "N tests collected" counts them

@@ -20,7 +20,7 @@ pip_download() {
 # exllamav2 alone: its declared deps (torch, fastparquet, ...) are on the image or not needed for inference
 pip_download --no-deps exllamav2==0.3.2
 pip_download "litestar>=2.25,<3" "uvicorn>=0.30" "msgspec>=0.18" "httpx>=0.27,<1" \
-    "httpx-sse>=0.4" "pyyaml>=6" "schemathesis>=4.32,<5" "jsonschema>=4.18"
+    "httpx-sse>=0.4" "pyyaml>=6" "prometheus-client>=0.20" "schemathesis>=4.32,<5" "jsonschema>=4.18"
 # the GPU image has these (docs: ../shared/gpu-recipe.md); carrying them would shadow torch's own
 for present in torch numpy safetensors tokenizers transformers huggingface_hub rich pygments regex pillow \
     pandas ninja markdown_it_py mdurl typing_extensions fsspec filelock jinja2 markupsafe packaging sympy \

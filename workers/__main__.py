@@ -3,28 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.config
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
+from workers import __version__
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, EngineUnavailable
+from workers.logs import LOG_FORMATS, log_config
 
 USAGE_ERROR = 2
+TOKEN_ENV = "DUALCALL_TOKEN"
+#: read when $DUALCALL_TOKEN is unset; the conformance CLI never knew this name
+DEPRECATED_TOKEN_ENV = "DUALCALL_AUTH_TOKEN"
+log = logging.getLogger("workers")
+
+
+N = TypeVar("N", int, float)
+
+
+def _number(kind: Callable[[str], N], *, low: N, high: N | None = None) -> Callable[[str], N]:
+    """An argparse type: parse with ``kind`` and check ``low <= value <= high`` (finite only)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    value = _number(float, low=0.0)(text)
+    if value == 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_port = _number(int, low=0, high=65535)
+_non_negative_int = _number(int, low=0)
+_positive_int = _number(int, low=1)
+_non_negative_float = _number(float, low=0.0)
+
+
+def _token_from_env() -> str | None:
+    token = os.environ.get(TOKEN_ENV)
+    legacy = os.environ.get(DEPRECATED_TOKEN_ENV)
+    if legacy is not None and token is None:
+        log.warning("$%s is deprecated and will be removed: set $%s instead", DEPRECATED_TOKEN_ENV, TOKEN_ENV)
+        return legacy
+    if legacy is not None:
+        log.warning("$%s is deprecated and ignored: $%s is set", DEPRECATED_TOKEN_ENV, TOKEN_ENV)
+    return token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dualcall-worker",
         description="Run a dualcall worker: the dual-call contract (POST job -> GET SSE stream) over an engine.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     net = common.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument("--port", type=_port, default=8000, help="port; 0 picks a free one (default: %(default)s)")
     net.add_argument(
-        "--port", type=_non_negative_int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one log line per request (default: on)",
     )
-    net.add_argument("--access-log", action="store_true", help="log every request")
+    net.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines or one JSON object per line (default: text)",
+    )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
     core.add_argument(
@@ -54,30 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between keep-alive comments (default: %(default)s)",
     )
     core.add_argument(
-        "--max-tokens-cap", type=int, default=4096, help="upper bound for max_tokens (default: %(default)s)"
+        "--max-tokens-cap", type=_positive_int, default=4096, help="upper bound for max_tokens (default: %(default)s)"
     )
     core.add_argument(
-        "--max-body-bytes", type=int, default=1_048_576, help="largest request body (default: %(default)s)"
+        "--max-body-bytes", type=_positive_int, default=1_048_576, help="largest request body (default: %(default)s)"
     )
     core.add_argument(
         "--auth-token",
-        default=os.environ.get("DUALCALL_AUTH_TOKEN"),
-        help="require this bearer token on job routes (default: $DUALCALL_AUTH_TOKEN, else off)",
+        help=f"require this bearer token on job routes (default: ${TOKEN_ENV}, else off)",
     )
     sub = parser.add_subparsers(dest="engine", required=True, metavar="{mock,legacy,exllamav2}")
     mock = sub.add_parser("mock", parents=[common], help="deterministic mock engine (for orchestrator authors and CI)")
-    mock.add_argument("--token-delay-ms", type=float, default=0.0, help="delay per token (default: %(default)s)")
     mock.add_argument(
-        "--fail-after", type=int, default=None, metavar="N", help="simulate an engine failure after N tokens"
+        "--token-delay-ms", type=_non_negative_float, default=0.0, help="delay per token (default: %(default)s)"
     )
-    mock.add_argument("--concurrency", type=int, default=16, help="jobs generating at once (default: %(default)s)")
+    mock.add_argument(
+        "--fail-after",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="simulate an engine failure after N tokens",
+    )
+    mock.add_argument(
+        "--concurrency", type=_positive_int, default=16, help="jobs generating at once (default: %(default)s)"
+    )
     legacy = sub.add_parser(
         "legacy", parents=[common], help="the legacy direct-SSE worker (negative control; fails conformance)"
     )
-    legacy.add_argument("--token-delay-ms", type=float, default=0.0, help="delay per token (default: %(default)s)")
+    legacy.add_argument(
+        "--token-delay-ms", type=_non_negative_float, default=0.0, help="delay per token (default: %(default)s)"
+    )
     exl = sub.add_parser("exllamav2", parents=[common], help="ExLlamaV2 engine on CUDA (needs the exllamav2 extra)")
     exl.add_argument("--model", required=True, help="model directory (config.json + safetensors)")
-    exl.add_argument("--max-seq-len", type=int, default=2048, help="context length of the cache (default: %(default)s)")
+    exl.add_argument(
+        "--max-seq-len", type=_positive_int, default=2048, help="context length of the cache (default: %(default)s)"
+    )
     return parser
 
 
@@ -111,6 +173,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging_setup = log_config(args.log_format)
+    logging.config.dictConfig(logging_setup)
+    if args.auth_token is None:
+        args.auth_token = _token_from_env()
     from workers import server
 
     try:
@@ -130,7 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"dualcall LEGACY direct-SSE worker (negative control) on {url} — "
             f"POST {url}/v1/inference answers with the stream itself"
         )
-        server.serve(create_legacy_app(args.token_delay_ms / 1000), sock, banner=banner, access_log=args.access_log)
+        server.serve(
+            create_legacy_app(args.token_delay_ms / 1000),
+            sock,
+            banner=banner,
+            access_log=args.access_log,
+            log_config=logging_setup,
+        )
         return 0
     engine = _engine(args)
     if args.engine == "exllamav2":
@@ -151,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dualcall {engine.name} worker ({engine.model}) on {url} — docs {url}/docs, health {url}/health, "
         f"job TTL {settings.job_ttl_s:g}s, auth {auth}. Ctrl-C to stop."
     )
-    server.serve(app, sock, banner=banner, access_log=args.access_log)
+    server.serve(app, sock, banner=banner, access_log=args.access_log, log_config=logging_setup)
     return 0
 
 

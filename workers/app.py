@@ -23,6 +23,8 @@ import openapi
 from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, GenerationRequest
+from workers.logs import bind_job
+from workers.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from workers.metrics import render_metrics
 from workers.problems import FieldError, ProblemException, handle_http_exception, handle_unexpected
 from workers.registry import FinalEventDelivered, Job, JobRegistry, QueueFull, UnknownJob
@@ -157,6 +159,13 @@ async def add_contract_header(message: Message, scope: Scope) -> None:
         headers[CONTRACT_HEADER] = openapi.contract_version()
 
 
+async def _bind_job_from_path(request: Request[Any, Any, Any]) -> None:
+    """Log lines of a request on a job's path (access line included) carry the job id."""
+    job_id = request.path_params.get("job_id")
+    if isinstance(job_id, str):
+        bind_job(job_id)
+
+
 # -- routes ------------------------------------------------------------------------------------
 
 
@@ -178,6 +187,7 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
         raise ProblemException(
             503, "queue-full", f"The job queue is full ({exc}); retry later.", headers={"Retry-After": retry}
         ) from None
+    bind_job(job.id)  # the access line of this POST names the job it created
     sse_url = stream_path(job.id)
     return Response(
         SubmitResponse(job_id=job.id, sse_url=sse_url, status_url=status_path(job.id)),
@@ -253,8 +263,8 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     return Response(content, status_code=200 if engine_health.ok else 503, headers={"Cache-Control": "no-store"})
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4")
-async def metrics(request: Request[Any, Any, Any]) -> str:
+@get("/metrics", media_type=METRICS_MEDIA_TYPE)
+async def metrics(request: Request[Any, Any, Any]) -> bytes:
     return render_metrics(_registry(request))
 
 
@@ -310,6 +320,8 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         on_shutdown=[on_shutdown],
         exception_handlers={HTTPException: handle_http_exception, Exception: handle_unexpected},
         before_send=[add_contract_header],
+        before_request=_bind_job_from_path,
+        logging_config=None,  # the process owns logging (workers.logs), not the app factory
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         debug=False,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, EngineError, GenerationRequest, StopReason
+from workers.logs import bind_job
+from workers.metrics import JobMetrics
 from workers.schemas import EndData, ErrorInfo, JobState, StartedData, TokenData
 
 log = logging.getLogger("workers.registry")
@@ -140,6 +142,7 @@ class JobRegistry:
             "jobs_rejected_queue_full": 0,
             "stream_readers": 0,
         }
+        self.metrics = JobMetrics(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -191,6 +194,13 @@ class JobRegistry:
         self.counters["jobs_submitted"] += 1
         job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"dualcall-job-{job.id}")
         job.task.add_done_callback(functools.partial(self._task_done, job))
+        # sizes only: prompts and generated text never reach the log at INFO
+        log.info(
+            "job submitted prompt_chars=%d max_tokens=%d",
+            len(request.prompt),
+            request.max_tokens,
+            extra={"job_id": job.id},
+        )
         return job
 
     def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
@@ -198,6 +208,16 @@ class JobRegistry:
         if task.cancelled() and not job.finished:
             self._queued -= 1
             self._end_cancelled(job)
+        if job._finished_mono is not None:
+            self.metrics.job_finished(job, job._created_mono, job._finished_mono)
+        log.info(
+            "job %s tokens_out=%d stop_reason=%s error=%s",
+            job.state,
+            job.tokens_out,
+            job.stop_reason,
+            job.error.code if job.error else None,
+            extra={"job_id": job.id},
+        )
 
     def get(self, job_id: str) -> Job:
         try:
@@ -245,6 +265,7 @@ class JobRegistry:
     # -- generation ------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        bind_job(job.id)  # engine log lines from this task name the job
         try:
             async with self._slots:
                 self._queued -= 1
@@ -268,12 +289,14 @@ class JobRegistry:
         job.started_at = time.time()
         job.emit("started", StartedData(job_id=job.id))
         stop_reason: StopReason | None = None
+        timer = self.metrics.timer(job._created_mono)
         try:
             async with contextlib.aclosing(self.engine.generate(job.request)) as chunks:
                 async for chunk in chunks:
                     job.tokens_out += chunk.tokens
                     if chunk.text:
                         job.emit_token(chunk.text)
+                        timer.token()
                     if chunk.stop_reason is not None:
                         stop_reason = chunk.stop_reason
                         break
@@ -319,4 +342,5 @@ class JobRegistry:
             if job.task is not None and not job.task.done():
                 job.task.cancel()
             self.counters["jobs_reclaimed"] += 1
+            log.info("job reclaimed after its TTL (%gs)", ttl, extra={"job_id": job.id})
         return len(expired)

@@ -63,6 +63,10 @@ def test_engine_help(engine: str) -> None:
         (("mock", "--queue-limit", "-3"), "--queue-limit"),
         (("mock", "--port", "-1"), "--port"),
         (("mock", "--port", "abc"), "--port"),
+        (("mock", "--port", "70000"), "--port"),
+        (("mock", "--token-delay-ms", "-5"), "--token-delay-ms"),
+        (("mock", "--concurrency", "0"), "--concurrency"),
+        (("mock", "--fail-after", "-1"), "--fail-after"),
         (("mock", "--no-such-flag"), "--no-such-flag"),
         (("bogus",), "bogus"),
         ((), "required"),
@@ -98,3 +102,11 @@ def test_port_in_use_is_one_line() -> None:
     assert f"127.0.0.1:{port}" in lines[0]
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"dualcall-worker {version('dualcall')}"

@@ -524,8 +524,8 @@ def test_metrics(client: httpx.Client, mock_worker: WorkerProcess) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     assert response.headers[CONTRACT] == VERSION
     values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
-    assert int(values["dualcall_jobs_submitted_total"]) >= 1
-    assert values["dualcall_engine_up"] == "1"
+    assert float(values["dualcall_jobs_submitted_total"]) >= 1
+    assert float(values["dualcall_engine_up"]) == 1
     for name in ("dualcall_jobs_active", "dualcall_jobs_queued", "dualcall_jobs_retained"):
         assert name in values
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,7 +16,9 @@ import pytest
 import respx
 
 from conformance.client import (
+    DEFAULT_BACKOFF,
     AsyncDualCallClient,
+    Backoff,
     Completion,
     DualCallClient,
     End,
@@ -27,6 +30,7 @@ from conformance.client import (
     Submission,
     Token,
     resolve,
+    retry_after_seconds,
 )
 
 BASE = "http://worker.test:8000"
@@ -583,3 +587,186 @@ async def test_async_stream_200_that_is_not_an_event_stream_is_a_protocol_error(
         with pytest.raises(ProtocolError):
             _ = [event async for event in client.events(submission())]
     assert route.call_count == 1
+
+
+# ------------------------------------------------------------------------------------ error bodies
+
+
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        (httpx.Response(400, json={"error": "prompt too long"}), '400 Bad Request: \'{"error":"prompt too long"}\''),
+        (httpx.Response(502, content=b""), "502 Bad Gateway (empty body)"),
+        (httpx.Response(500, text="<html>nginx: upstream died</html>"), "500 Internal Server Error: '<html>nginx"),
+        (httpx.Response(400, json=["a", "list"]), '400 Bad Request: \'["a","list"]\''),
+    ],
+)
+def test_non_problem_error_keeps_status_and_body_excerpt(
+    router: respx.MockRouter, response: httpx.Response, expected: str
+) -> None:
+    router.post(POST_URL).mock(return_value=response)
+    with DualCallClient(BASE) as client, pytest.raises(ProblemError) as caught:
+        client.submit("Hello")
+    assert caught.value.status == response.status_code
+    assert str(caught.value).startswith(expected)
+    assert caught.value.body == response.text
+    assert caught.value.problem == {"detail": response.text}
+
+
+def test_problem_error_message_uses_title_and_detail(router: respx.MockRouter) -> None:
+    router.post(POST_URL).mock(return_value=problem(415, "Unsupported Media Type", "send JSON"))
+    with DualCallClient(BASE) as client, pytest.raises(ProblemError) as caught:
+        client.submit("Hello")
+    assert str(caught.value) == "415 Unsupported Media Type: send JSON"
+
+
+def test_long_error_body_is_cut_with_a_short_marker(router: respx.MockRouter) -> None:
+    router.post(POST_URL).mock(return_value=httpx.Response(500, text="x" * 5000))
+    with DualCallClient(BASE) as client, pytest.raises(ProblemError) as caught:
+        client.submit("Hello")
+    assert caught.value.body == "x" * 300 + "… (+4700 chars)"
+    assert len(str(caught.value)) < 400
+
+
+# ------------------------------------------------------------------------------------ backoff and Retry-After
+
+
+def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
+    backoff = Backoff(initial_s=0.5, factor=2.0, max_s=3.0, jitter=0.5)
+    assert [backoff.ceiling(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    delays = [backoff.delay(4) for _ in range(200)]
+    assert all(1.5 <= delay <= 3.0 for delay in delays)
+    assert len(set(delays)) > 100  # jittered, not one fixed value
+
+
+def test_resume_waits_with_backoff_between_reconnects(router: respx.MockRouter) -> None:
+    responses = [sse_response(frame(1, "started", {"job_id": JOB}))] + [sse_response("") for _ in range(5)]
+    route = router.get(submission().sse_url).mock(side_effect=responses)
+    slept: list[float] = []
+    backoff = Backoff(initial_s=0.2, factor=2.0, max_s=0.5, jitter=0.5)
+    client = DualCallClient(BASE, max_resumes=3, backoff=backoff, sleep=slept.append)
+    with client, pytest.raises(StreamEnded):
+        list(client.events(submission()))
+    assert route.call_count == 4  # the first connection + 3 reconnects without progress
+    assert len(slept) == 3
+    for delay, ceiling in zip(slept, (0.2, 0.4, 0.5), strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_reconnects_that_make_progress_do_not_use_up_max_resumes(router: respx.MockRouter) -> None:
+    frames = stream_frames(["a", "b", "c"])  # ids 1..5, one per connection, then [DONE]
+    responses = [sse_response(single) for single in frames] + [sse_response(DONE)]
+    route = router.get(submission().sse_url).mock(side_effect=responses)
+    slept: list[float] = []
+    with DualCallClient(BASE, max_resumes=1, sleep=slept.append) as client:
+        events = list(client.events(submission()))
+    assert [event.id for event in events] == [1, 2, 3, 4, 5]
+    assert route.call_count == 6
+    assert [call.request.headers.get("last-event-id") for call in route.calls] == [None, "1", "2", "3", "4", "5"]
+    assert all(delay <= DEFAULT_BACKOFF.initial_s for delay in slept)  # the counter restarts after progress
+
+
+def queue_full(retry_after: str | None) -> httpx.Response:
+    response = problem(503, "Service Unavailable", "The job queue is full; retry later.")
+    if retry_after is not None:
+        response.headers["Retry-After"] = retry_after
+    return response
+
+
+def test_submit_503_honours_retry_after_then_succeeds(router: respx.MockRouter) -> None:
+    route = router.post(POST_URL).mock(side_effect=[queue_full("2"), queue_full("1"), accepted()])
+    slept: list[float] = []
+    with DualCallClient(BASE, sleep=slept.append) as client:
+        job = client.submit("Hello")
+    assert job.job_id == JOB
+    assert route.call_count == 3
+    assert slept == [2.0, 1.0]
+
+
+def test_submit_503_retries_are_bounded(router: respx.MockRouter) -> None:
+    route = router.post(POST_URL).mock(side_effect=[queue_full("1") for _ in range(10)])
+    slept: list[float] = []
+    with DualCallClient(BASE, submit_retries=2, sleep=slept.append) as client, pytest.raises(ProblemError) as caught:
+        client.submit("Hello")
+    assert route.call_count == 3
+    assert slept == [1.0, 1.0]
+    assert caught.value.status == 503
+    assert caught.value.retry_after_s == 1.0
+
+
+def test_submit_503_with_a_retry_after_beyond_the_limit_is_not_waited_for(router: respx.MockRouter) -> None:
+    route = router.post(POST_URL).mock(side_effect=[queue_full("120"), accepted()])
+    slept: list[float] = []
+    with (
+        DualCallClient(BASE, max_retry_after_s=30, sleep=slept.append) as client,
+        pytest.raises(ProblemError) as caught,
+    ):
+        client.submit("Hello")
+    assert route.call_count == 1
+    assert slept == []
+    assert caught.value.retry_after_s == 120.0
+
+
+def test_submit_503_without_retry_after_backs_off(router: respx.MockRouter) -> None:
+    route = router.post(POST_URL).mock(side_effect=[queue_full(None), accepted()])
+    slept: list[float] = []
+    with DualCallClient(BASE, backoff=Backoff(initial_s=0.4), sleep=slept.append) as client:
+        client.submit("Hello")
+    assert route.call_count == 2
+    assert len(slept) == 1
+    assert 0.2 <= slept[0] <= 0.4
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 422, 500])
+def test_other_errors_are_never_retried(router: respx.MockRouter, status: int) -> None:
+    route = router.post(POST_URL).mock(return_value=problem(status, "No", "no"))
+    slept: list[float] = []
+    with DualCallClient(BASE, sleep=slept.append) as client, pytest.raises(ProblemError):
+        client.submit("Hello")
+    assert route.call_count == 1
+    assert slept == []
+
+
+def test_retry_after_http_date_and_invalid_values() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "Thu, 01 Jan 2026 12:00:07 GMT"}), now=now) == 7.0
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "Thu, 01 Jan 2026 11:00:00 GMT"}), now=now) == 0.0
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "soon"}), now=now) is None
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "-3"}), now=now) is None
+    assert retry_after_seconds(httpx.Headers({}), now=now) is None
+
+
+@pytest.mark.asyncio
+async def test_async_submit_503_honours_retry_after_and_is_bounded(router: respx.MockRouter) -> None:
+    route = router.post(POST_URL).mock(side_effect=[queue_full("3"), accepted(), queue_full("1"), queue_full("1")])
+    slept: list[float] = []
+
+    async def record(delay: float) -> None:
+        slept.append(delay)
+
+    async with AsyncDualCallClient(BASE, submit_retries=1, sleep=record) as client:
+        job = await client.submit("Hello")
+        assert job.job_id == JOB
+        with pytest.raises(ProblemError):
+            await client.submit("again")
+    assert route.call_count == 4
+    assert slept == [3.0, 1.0]
+
+
+@pytest.mark.asyncio
+async def test_async_resume_waits_with_backoff(router: respx.MockRouter) -> None:
+    frames = stream_frames(["a"])
+    route = router.get(submission().sse_url).mock(
+        side_effect=[sse_response(frames[0]), sse_response(""), sse_response("".join(frames[1:]) + DONE)]
+    )
+    slept: list[float] = []
+
+    async def record(delay: float) -> None:
+        slept.append(delay)
+
+    backoff = Backoff(initial_s=1.0, factor=3.0, max_s=10.0, jitter=0.0)
+    async with AsyncDualCallClient(BASE, max_resumes=2, backoff=backoff, sleep=record) as client:
+        events = [event async for event in client.events(submission())]
+    assert [event.id for event in events] == [1, 2, 3]
+    assert route.call_count == 3
+    assert slept == [1.0, 3.0]  # no jitter: exactly the ceilings of attempts 1 and 2
