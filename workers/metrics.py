@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workers.registry import JobRegistry
+    from workers.registry_api import RegistryBackend
 
 _HELP = {
     "jobs_submitted": "Jobs accepted by POST /v1/inference.",
@@ -18,7 +18,7 @@ _HELP = {
 }
 
 
-def render_metrics(registry: JobRegistry) -> str:
+def render_metrics(registry: RegistryBackend) -> str:
     lines: list[str] = []
     for name, value in registry.counters.items():
         metric = f"dualcall_{name}_total"
