@@ -15,6 +15,7 @@ _HELP = {
     "jobs_reclaimed": "Jobs reclaimed by the TTL sweeper.",
     "jobs_rejected_queue_full": "Submissions answered 503 because the queue was full.",
     "stream_readers": "Stream readers attached since start.",
+    "jobs_lost_declared": "Jobs of a silent replica this replica ended with worker_lost (Redis registry).",
 }
 
 

@@ -211,6 +211,14 @@ return 0
 """
 
 
+# KEYS meta, events, alive: drop a reclaimed job's log and heartbeat (1), unless its record still exists (0)
+_FORGET: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+
 class JobLost(Exception):
     """The job's record is gone or already final: it was reclaimed, deleted or declared lost elsewhere."""
 
@@ -313,6 +321,7 @@ class RedisRegistry:
         self._open = self.redis.register_script(_OPEN)
         self._touch = self.redis.register_script(_TOUCH)
         self._cancel = self.redis.register_script(_CANCEL)
+        self._forget = self.redis.register_script(_FORGET)
         self.counters: dict[str, int] = {
             "jobs_submitted": 0,
             "jobs_completed": 0,
@@ -605,7 +614,8 @@ class RedisRegistry:
             raise
         except JobLost:
             job.finished = True
-            self.counters["jobs_reclaimed"] += 1
+            if await self._forget_if_reclaimed(job):
+                self.counters["jobs_reclaimed"] += 1
         except Exception:  # an engine bug or a Redis failure: the reader gets an error event if Redis allows
             log.exception("job %s: unexpected failure", job.id)
             self.counters["jobs_failed"] += 1
@@ -648,9 +658,21 @@ class RedisRegistry:
         await self._finish(job, "completed", stop_reason=stop_reason)
         self.counters["jobs_completed"] += 1
 
+    async def _forget_if_reclaimed(self, job: OwnedJob) -> bool:
+        """After a refused append: True (and the log dropped) when the TTL took the record, False when
+        another replica wrote the job's end (it declared this replica lost) and the log must stay."""
+        try:
+            forgotten = await self._forget(keys=[meta_key(job.id), events_key(job.id), alive_key(job.id)])
+        except RedisError:
+            return False
+        return bool(forgotten == 1)
+
     async def _end_cancelled(self, job: OwnedJob) -> None:
-        if job.finished or job.cancel_reason == "reclaimed":
+        if job.finished:
+            return
+        if job.cancel_reason == "reclaimed":
             job.finished = True
+            await self._forget_if_reclaimed(job)
             return
         try:
             if job.cancel_reason == "shutdown":

@@ -6,26 +6,13 @@ loopback port; without it these tests skip with the reason printed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from pooltools import POOL_FLAGS, Pool, StartReplica, registry_url
 from workerproc import WorkerProcess
 
 from workers.testing_redis import RedisServer, find_redis_server
-
-#: seconds without a heartbeat before a job counts as lost (kept short so the tests are quick)
-LOST_AFTER_S = 1.0
-#: the conformance-friendly flags of tests/integration/test_broken_workers.py
-POOL_FLAGS = (
-    "--ttl-s", "2",
-    "--token-delay-ms", "1",
-    "--max-tokens-cap", "512",
-    "--concurrency", "2",
-    "--queue-limit", "16",
-    "--keepalive-s", "1",
-)  # fmt: skip
-
-StartReplica = Callable[..., WorkerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -37,25 +24,7 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def registry_url(server: RedisServer, db: int) -> str:
-    return f"{server.url(db)}?lost_after_s={LOST_AFTER_S:g}"
-
-
-class Pool:
-    """Two mock replicas, A and B, sharing one Redis database."""
-
-    def __init__(self, server: RedisServer, db: int, a: WorkerProcess, b: WorkerProcess) -> None:
-        self.server = server
-        self.db = db
-        self.a = a
-        self.b = b
-
-    @property
-    def registry(self) -> str:
-        return registry_url(self.server, self.db)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pool(redis_server: RedisServer) -> Iterator[Pool]:
     db = redis_server.fresh_db()
     url = registry_url(redis_server, db)

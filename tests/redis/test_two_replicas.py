@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LOST_AFTER_S, Pool, StartReplica
+from pooltools import LOST_AFTER_S, Pool, StartReplica
 
 from conformance.sse import SSEEvent, SSEParser, parse_stream
 
