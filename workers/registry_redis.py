@@ -54,6 +54,8 @@ log = logging.getLogger("workers.registry_redis")
 DEFAULT_LOST_AFTER_S: Final = 5.0
 #: seconds an event log outlives its job record, so a reader mid-replay can finish when the TTL strikes
 STREAM_GRACE_S: Final = 10.0
+#: events the owner may queue ahead of its writer before the generation waits for Redis
+MAX_PENDING_EVENTS: Final = 256
 #: entries one XREAD returns at most
 READ_BATCH: Final = 1024
 #: seconds between polls while DELETE waits for the owner to write the final event
@@ -128,35 +130,42 @@ redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[3])
 return 1
 """
 
-# KEYS meta, events, alive; ARGV event id, bytes, final, grace_ms, ttl_ms, now_ms, on_behalf, field/value...
-# on_behalf: append only if the owner's heartbeat is gone and the log ends at event id - 1.
+# KEYS meta, events, alive; ARGV count, final, grace_ms, ttl_ms, now_ms, on_behalf, (id, bytes) * count,
+# field/value... Appends consecutive events in one call; `final` marks the last one as the end.
+# Appends only if the log ends right before the first id; on_behalf: and only if the owner's heartbeat is gone.
+# 1: appended; 0: the record is gone or final; -1: refused (another writer, or the owner is alive).
 _APPEND: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'final') == 1 then return 0 end
-if ARGV[7] == '1' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-  if tonumber(redis.call('HGET', KEYS[1], 'n')) ~= tonumber(ARGV[1]) - 1 then return -1 end
+local count = tonumber(ARGV[1])
+local final = ARGV[2] == '1'
+-- compare-and-set on the last event id: a log restored from an older snapshot never gets a gap
+if tonumber(redis.call('HGET', KEYS[1], 'n')) ~= tonumber(ARGV[7]) - 1 then return -1 end
+if ARGV[6] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+for i = 0, count - 1 do
+  local added
+  if final and i == count - 1 then
+    added = redis.pcall('XADD', KEYS[2], '0-' .. ARGV[7 + 2 * i], 'b', ARGV[8 + 2 * i], 'f', '1')
+  else
+    added = redis.pcall('XADD', KEYS[2], '0-' .. ARGV[7 + 2 * i], 'b', ARGV[8 + 2 * i])
+  end
+  -- only the first can be refused (ids are consecutive, and a script runs alone)
+  if type(added) == 'table' and added.err then return 0 end
 end
-local added
-if ARGV[3] == '1' then
-  added = redis.pcall('XADD', KEYS[2], '0-' .. ARGV[1], 'b', ARGV[2], 'f', '1')
-else
-  added = redis.pcall('XADD', KEYS[2], '0-' .. ARGV[1], 'b', ARGV[2])
-end
-if type(added) == 'table' and added.err then return 0 end
-redis.call('HSET', KEYS[1], 'n', ARGV[1])
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'final', ARGV[1], 'finished_ms', ARGV[6])
+local last = ARGV[5 + 2 * count]
+redis.call('HSET', KEYS[1], 'n', last)
+if #ARGV >= 7 + 2 * count then redis.call('HSET', KEYS[1], unpack(ARGV, 7 + 2 * count)) end
+if final then
+  redis.call('HSET', KEYS[1], 'final', last, 'finished_ms', ARGV[5])
   redis.call('DEL', KEYS[3])
   if redis.call('HEXISTS', KEYS[1], 'deleted') == 1 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
   elseif redis.call('HEXISTS', KEYS[1], 'attached') == 1 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
   end
 end
 local left = redis.call('PTTL', KEYS[1])
-if left > 0 then redis.call('PEXPIRE', KEYS[2], left + tonumber(ARGV[4])) end
+if left > 0 then redis.call('PEXPIRE', KEYS[2], left + tonumber(ARGV[3])) end
 return 1
 """
 
@@ -259,6 +268,13 @@ class OwnedJob:
     finished: bool = False
     next_event_id: int = 1
     token_events: int = 0
+    #: events encoded but not yet in Redis, and the record fields they update
+    pending: list[tuple[int, bytes]] = field(default_factory=list)
+    pending_fields: dict[str, str] = field(default_factory=dict)
+    final_queued: bool = False
+    writer: asyncio.Task[None] | None = None
+    #: why the writer stopped: JobLost (the record refused the append) or a RedisError
+    write_failure: Exception | None = None
 
 
 def _text(meta: Mapping[Any, Any], name: str) -> str | None:
@@ -478,6 +494,10 @@ class RedisRegistry:
         block_ms = _ms(min(self.settings.keepalive_s, self.lost_after_s / 2))
         last_sent = time.monotonic()
         while True:
+            if self._closing and job_id not in self._local:
+                # the job generates elsewhere: drop the connection (no [DONE]) so the client resumes
+                # with Last-Event-ID on another replica, instead of holding this one's shutdown
+                return
             try:
                 reply = _entries(await self.redis.xread({stream: f"0-{position}"}, count=READ_BATCH, block=block_ms))
                 if not reply:
@@ -536,22 +556,23 @@ class RedisRegistry:
         fields = {**fields, "finished_at": repr(time.time())}
         written = await self._append_script(
             keys=[meta_key(job_id), events_key(job_id), alive_key(job_id)],
-            args=self._append_args(event_id, block, final=True, on_behalf=True, fields=fields),
+            args=self._append_args([(event_id, block)], final=True, on_behalf=True, fields=fields),
         )
         return bool(written == 1)
 
     def _append_args(
-        self, event_id: int, block: bytes, *, final: bool, on_behalf: bool, fields: dict[str, str]
+        self, events: list[tuple[int, bytes]], *, final: bool, on_behalf: bool, fields: dict[str, str]
     ) -> list[Any]:
         args: list[Any] = [
-            event_id,
-            block,
+            len(events),
             int(final),
             _ms(STREAM_GRACE_S),
             _ms(self.settings.job_ttl_s),
             _ms(time.time()),
             int(on_behalf),
         ]
+        for event_id, block in events:
+            args += [event_id, block]
         for name, value in fields.items():
             args += [name, value]
         return args
@@ -559,16 +580,49 @@ class RedisRegistry:
     # -- generation (owner side) ---------------------------------------------------------------
 
     async def _append(self, job: OwnedJob, event: str, payload: object, fields: dict[str, str], final: bool) -> None:
+        """Queue an event for the job's writer; wait for it only at the end or when the writer lags.
+
+        One writer task per job sends what has piled up as one script call, so a fast engine pays one
+        round trip per batch, not per token; a slow engine's token still leaves at once.
+        """
+        if job.write_failure is not None:
+            raise job.write_failure
         block = sse.encode_event(job.next_event_id, event, payload)
         if final:
             block += sse.DONE
-        written = await self._append_script(
-            keys=[meta_key(job.id), events_key(job.id), alive_key(job.id)],
-            args=self._append_args(job.next_event_id, block, final=final, on_behalf=False, fields=fields),
-        )
-        if written != 1:
-            raise JobLost(job.id)
+            job.final_queued = True
+        job.pending.append((job.next_event_id, block))
+        job.pending_fields.update(fields)
         job.next_event_id += 1
+        if job.writer is None:
+            job.writer = asyncio.get_running_loop().create_task(self._write(job), name=f"dualcall-write-{job.id}")
+        if final or len(job.pending) >= MAX_PENDING_EVENTS:
+            await self._written(job)
+
+    async def _written(self, job: OwnedJob) -> None:
+        """Wait until the writer has sent everything queued; raise what stopped it."""
+        while job.writer is not None:
+            await asyncio.shield(job.writer)
+        if job.write_failure is not None:
+            raise job.write_failure
+
+    async def _write(self, job: OwnedJob) -> None:
+        try:
+            while job.pending:
+                events, job.pending = job.pending, []
+                fields, job.pending_fields = job.pending_fields, {}
+                written = await self._append_script(
+                    keys=[meta_key(job.id), events_key(job.id), alive_key(job.id)],
+                    args=self._append_args(events, final=job.final_queued, on_behalf=False, fields=fields),
+                )
+                if written != 1:
+                    job.write_failure = JobLost(job.id)
+                    break
+        except RedisError as exc:
+            job.write_failure = exc
+        finally:
+            job.pending.clear()
+            job.writer = None
 
     async def _finish(
         self, job: OwnedJob, state: JobState, *, stop_reason: StopReason | None = None, error: ErrorInfo | None = None

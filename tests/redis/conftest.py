@@ -35,6 +35,13 @@ def pool(redis_server: RedisServer) -> Iterator[Pool]:
         yield Pool(redis_server, db, a, b)
 
 
+@pytest.fixture(scope="session")
+def slow_replica(pool: Pool) -> Iterator[WorkerProcess]:
+    """A third replica of the pool whose engine takes 20 ms per token, so a job is surely mid-generation."""
+    with WorkerProcess("mock", "--registry", pool.registry, "--token-delay-ms", "20") as worker:
+        yield worker
+
+
 @pytest.fixture
 def start_replica() -> Iterator[StartReplica]:
     """Factory for replicas with their own flags, stopped after the test (unless already killed)."""
