@@ -33,7 +33,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, EngineError, GenerationRequest, StopReason
+from workers.problems import ProblemException
 from workers.registry import CANCEL_GRACE_S, FinalEventDelivered, QueueFull, UnknownJob, new_job_id
 from workers.schemas import EndData, ErrorInfo, JobState, StartedData, TokenData
 
@@ -393,6 +394,20 @@ class RedisRegistry:
     def __len__(self) -> int:
         return len(self._local)
 
+    @contextlib.contextmanager
+    def _answer_503_without_redis(self) -> Iterator[None]:
+        """A request that needs Redis while it is unreachable gets a 503 problem, not a 500."""
+        try:
+            yield
+        except RedisError as exc:
+            log.warning("registry unreachable: %s", exc)
+            raise ProblemException(
+                503,
+                "registry-unavailable",
+                "The job registry (Redis) is unreachable; retry later.",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
+
     # -- jobs ------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> OwnedJob:
@@ -402,20 +417,21 @@ class RedisRegistry:
         job = OwnedJob(id=new_job_id(), request=request, in_pool_queue=must_queue)
         self._queued += 1  # reserved before the await, so concurrent submits count it
         try:
-            admitted = await self._submit(
-                keys=[QUEUE_KEY, meta_key(job.id), alive_key(job.id)],
-                args=[
-                    job.id,
-                    _ms(time.time()),
-                    _ms(self.lost_after_s),
-                    self.settings.queue_limit,
-                    int(must_queue),
-                    _ms(self.settings.job_ttl_s),
-                    self.owner,
-                    msgspec.json.encode(request),
-                    repr(job.created_at),
-                ],
-            )
+            with self._answer_503_without_redis():
+                admitted = await self._submit(
+                    keys=[QUEUE_KEY, meta_key(job.id), alive_key(job.id)],
+                    args=[
+                        job.id,
+                        _ms(time.time()),
+                        _ms(self.lost_after_s),
+                        self.settings.queue_limit,
+                        int(must_queue),
+                        _ms(self.settings.job_ttl_s),
+                        self.owner,
+                        msgspec.json.encode(request),
+                        repr(job.created_at),
+                    ],
+                )
         except BaseException:
             self._queued -= 1
             raise
@@ -430,13 +446,18 @@ class RedisRegistry:
         return job
 
     async def get(self, job_id: str) -> JobSnapshot:
-        meta = await self.redis.hgetall(meta_key(job_id))
+        with self._answer_503_without_redis():
+            meta = await self.redis.hgetall(meta_key(job_id))
         if not meta or b"deleted" in meta:
             raise UnknownJob(job_id)
         return snapshot_from_meta(job_id, meta)
 
     async def cancel(self, job_id: str) -> JobSnapshot:
         """Mark the job deleted (404 from now on), stop its generation wherever it runs, answer its last state."""
+        with self._answer_503_without_redis():
+            return await self._cancel_job(job_id)
+
+    async def _cancel_job(self, job_id: str) -> JobSnapshot:
         verdict = await self._cancel(keys=[meta_key(job_id)], args=[_ms(STREAM_GRACE_S)])
         if verdict is None:
             raise UnknownJob(job_id)
@@ -471,16 +492,17 @@ class RedisRegistry:
 
     async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
         now = time.time()
-        position = await self._open(
-            keys=[meta_key(job_id), events_key(job_id)],
-            args=[
-                last_event_id or 0,
-                _ms(self.lost_after_s + self.settings.job_ttl_s),
-                _ms(self.settings.job_ttl_s),
-                _ms(now),
-                _ms(STREAM_GRACE_S),
-            ],
-        )
+        with self._answer_503_without_redis():
+            position = await self._open(
+                keys=[meta_key(job_id), events_key(job_id)],
+                args=[
+                    last_event_id or 0,
+                    _ms(self.lost_after_s + self.settings.job_ttl_s),
+                    _ms(self.settings.job_ttl_s),
+                    _ms(now),
+                    _ms(STREAM_GRACE_S),
+                ],
+            )
         if position is None:
             raise UnknownJob(job_id)
         if position == -1:
@@ -670,7 +692,10 @@ class RedisRegistry:
             job.finished = True
             if await self._forget_if_reclaimed(job):
                 self.counters["jobs_reclaimed"] += 1
-        except Exception:  # an engine bug or a Redis failure: the reader gets an error event if Redis allows
+        except RedisError as exc:  # the log cannot grow: readers learn of it from the heartbeat, which stops
+            log.warning("job %s: stopped, the registry refused its events: %s", job.id, exc)
+            self.counters["jobs_failed"] += 1
+        except Exception:  # an engine bug: the reader gets an error event
             log.exception("job %s: unexpected failure", job.id)
             self.counters["jobs_failed"] += 1
             with contextlib.suppress(RedisError, JobLost):
@@ -743,12 +768,19 @@ class RedisRegistry:
     # -- the owner's watch: heartbeats, cancel flags, reclaim ----------------------------------
 
     async def _heartbeat_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 await self.heartbeat()
             except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                if not failing:
+                    log.warning("heartbeats fail (%s); readers will count this replica's jobs as lost", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("heartbeats back")
+                failing = False
 
     async def heartbeat(self) -> None:
         """Refresh the heartbeat of every job this replica holds; stop the cancelled and the reclaimed."""
@@ -781,10 +813,14 @@ class RedisRegistry:
             job.task.cancel()
 
     async def _listen_for_cancels(self) -> None:
+        lost = False
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(CANCEL_CHANNEL)
+                    if lost:
+                        log.warning("cancel channel back")
+                        lost = False
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
@@ -792,5 +828,7 @@ class RedisRegistry:
                         if job is not None and job.task is not None and not job.task.done():
                             job.task.cancel()
             except RedisError as exc:
-                log.warning("cancel channel lost (%s); the heartbeat's cancel flag covers the gap", exc)
+                if not lost:
+                    log.warning("cancel channel lost (%s); the heartbeat's cancel flag covers the gap", exc)
+                    lost = True
                 await asyncio.sleep(self.heartbeat_s)

@@ -18,6 +18,7 @@ from workers.__main__ import main
 from workers.config import WorkerSettings
 from workers.engines.base import GenerationRequest
 from workers.engines.mock import MockEngine
+from workers.problems import ProblemException
 from workers.registry import FinalEventDelivered, QueueFull, UnknownJob
 from workers.registry_redis import RedisRegistry, check_registry, parse_registry_url
 from workers.testing_redis import RedisServer, free_port
@@ -153,3 +154,25 @@ def test_cli_refuses_a_bad_registry_with_exit_2(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.asyncio
+async def test_redis_going_away_ends_streams_and_refuses_requests_with_503(redis_server: RedisServer) -> None:
+    own = RedisServer(redis_server.binary)
+    await asyncio.to_thread(own.start)
+    try:
+        async with replica(registry_url(own, 0), MockEngine(token_delay_s=0.02), keepalive_s=1) as owner:
+            job = await owner.submit(gen(max_tokens=400))
+            stream = await owner.open_stream(job.id, None)
+            first = await anext(stream)
+            await asyncio.to_thread(own.stop)
+            rest = await read_all(stream)
+            events = events_of(first + rest)
+            assert events[-2].event == "error" and '"code":"registry_unavailable"' in events[-2].data
+            assert (first + rest).endswith(sse.DONE)
+            for attempt in (owner.submit(gen()), owner.get(job.id), owner.cancel(job.id)):
+                with pytest.raises(ProblemException) as refused:
+                    await attempt
+                assert refused.value.status_code == 503 and refused.value.headers == {"Retry-After": "1"}
+    finally:
+        await asyncio.to_thread(own.stop)
