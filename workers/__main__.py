@@ -111,7 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
-        registry_url=args.registry,
+        registry_url=getattr(args, "registry", None),  # parsers that predate --registry lack it
     )
 
 

@@ -345,7 +345,7 @@ class RedisRegistry:
             return await self._cancel_job(job_id)
 
     async def _cancel_job(self, job_id: str) -> JobSnapshot:
-        verdict = await self._cancel(keys=[meta_key(job_id)], args=[_ms(STREAM_GRACE_S)])
+        verdict = await self._cancel(keys=[meta_key(job_id), events_key(job_id)], args=[_ms(STREAM_GRACE_S)])
         if verdict is None:
             raise UnknownJob(job_id)
         if verdict == 0:

@@ -98,13 +98,14 @@ if left > 0 then redis.call('PEXPIRE', KEYS[4], left + tonumber(ARGV[7])) end
 return 'ok'
 """
 
-# KEYS meta; ARGV grace_ms. nil: unknown; 1: already finished; 0: the owner must stop it
+# KEYS meta, events; ARGV grace_ms. nil: unknown; 1: already finished; 0: the owner must stop it
 CANCEL: Final = """
 local m = redis.call('HMGET', KEYS[1], 'state', 'deleted', 'final')
 if not m[1] or m[2] then return false end
 redis.call('HSET', KEYS[1], 'cancel', '1', 'deleted', '1')
 if m[3] then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[1]))
   return 1
 end
 return 0

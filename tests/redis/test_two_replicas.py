@@ -163,6 +163,9 @@ def test_delete_on_b_stops_the_generation_on_a(pool: Pool, slow_replica: WorkerP
     assert data(events[-2])["stop_reason"] == "cancelled"
     for replica in (slow_a, pool.a, pool.b):
         assert httpx.get(replica.url + job["status_url"], timeout=10).status_code == 404
+    with pool.server.client(pool.db) as client:  # a deleted job's keys go soon (docs/scaling.md)
+        assert 0 < client.pttl(f"dualcall:job:{job['job_id']}") <= 10_000
+        assert 0 < client.pttl(f"dualcall:events:{job['job_id']}") <= 20_000
     metrics = httpx.get(slow_a.url + "/metrics", timeout=10).text
     assert "dualcall_jobs_cancelled_total 0" not in metrics  # the generating replica did the cancelling
 
