@@ -14,6 +14,9 @@ from workerproc import WorkerProcess
 
 from workers.testing_redis import RedisServer, find_redis_server
 
+#: generous: on a loaded CI machine a worker process can take many seconds to import and bind
+START_TIMEOUT_S = 60.0
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
@@ -29,8 +32,8 @@ def pool(redis_server: RedisServer) -> Iterator[Pool]:
     db = redis_server.fresh_db()
     url = registry_url(redis_server, db)
     with (
-        WorkerProcess("mock", "--registry", url, *POOL_FLAGS) as a,
-        WorkerProcess("mock", "--registry", url, *POOL_FLAGS) as b,
+        WorkerProcess("mock", "--registry", url, *POOL_FLAGS, start_timeout_s=START_TIMEOUT_S) as a,
+        WorkerProcess("mock", "--registry", url, *POOL_FLAGS, start_timeout_s=START_TIMEOUT_S) as b,
     ):
         yield Pool(redis_server, db, a, b)
 
@@ -38,7 +41,9 @@ def pool(redis_server: RedisServer) -> Iterator[Pool]:
 @pytest.fixture(scope="session")
 def slow_replica(pool: Pool) -> Iterator[WorkerProcess]:
     """A third replica of the pool whose engine takes 20 ms per token, so a job is surely mid-generation."""
-    with WorkerProcess("mock", "--registry", pool.registry, "--token-delay-ms", "20") as worker:
+    with WorkerProcess(
+        "mock", "--registry", pool.registry, "--token-delay-ms", "20", start_timeout_s=START_TIMEOUT_S
+    ) as worker:
         yield worker
 
 
@@ -48,7 +53,7 @@ def start_replica() -> Iterator[StartReplica]:
     started: list[WorkerProcess] = []
 
     def start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess("mock", *args)
+        worker = WorkerProcess("mock", *args, start_timeout_s=START_TIMEOUT_S)
         started.append(worker)
         return worker.start()
 
