@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token",
         help=f"require this bearer token on job routes (default: ${TOKEN_ENV}, else off)",
     )
+    core.add_argument(
+        "--registry",
+        default=None,
+        metavar="URL",
+        help="where jobs live: this process (default) or redis://host:port/db, shared by a pool (docs/scaling.md)",
+    )
     sub = parser.add_subparsers(dest="engine", required=True, metavar="{mock,legacy,exllamav2}")
     mock = sub.add_parser("mock", parents=[common], help="deterministic mock engine (for orchestrator authors and CI)")
     mock.add_argument(
@@ -167,6 +173,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
+        registry_url=getattr(args, "registry", None),  # parsers that predate --registry lack it
     )
 
 
@@ -215,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dualcall-worker: {exc}", file=sys.stderr)
             sock.close()
             return USAGE_ERROR
+    if settings.registry_url is not None:
+        problem = _check_registry(settings.registry_url)
+        if problem:
+            print(f"dualcall-worker: {problem}", file=sys.stderr)
+            sock.close()
+            return USAGE_ERROR
     from workers.app import create_app
 
     app = create_app(engine, settings)
@@ -225,6 +238,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.serve(app, sock, banner=banner, access_log=args.access_log, log_config=logging_setup)
     return 0
+
+
+def _check_registry(url: str) -> str | None:
+    """Why the registry at ``url`` cannot serve (one line), or None."""
+    try:
+        from workers.registry_redis import check_registry
+    except ImportError:
+        return "--registry needs the redis client: pip install 'dualcall[redis]'"
+    import asyncio
+
+    try:
+        asyncio.run(check_registry(url))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 async def _preflight(engine: Engine) -> None:

@@ -27,7 +27,8 @@ from workers.logs import bind_job
 from workers.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from workers.metrics import render_metrics
 from workers.problems import FieldError, ProblemException, handle_http_exception, handle_unexpected
-from workers.registry import FinalEventDelivered, Job, JobRegistry, QueueFull, UnknownJob
+from workers.registry import FinalEventDelivered, QueueFull, UnknownJob
+from workers.registry_api import JobView, RegistryBackend, create_registry
 from workers.schemas import Health, InferenceRequest, JobStatus, QueueInfo, SubmitResponse
 
 CONTRACT_HEADER: Final = "Dualcall-Contract-Version"
@@ -48,7 +49,7 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_status(job: Job, state_override: str | None = None) -> JobStatus:
+def job_status(job: JobView, state_override: str | None = None) -> JobStatus:
     return JobStatus(
         job_id=job.id,
         state=state_override or job.state,  # type: ignore[arg-type]
@@ -63,8 +64,8 @@ def job_status(job: Job, state_override: str | None = None) -> JobStatus:
     )
 
 
-def _registry(request: Request[Any, Any, Any]) -> JobRegistry:
-    registry: JobRegistry = request.app.state.registry
+def _registry(request: Request[Any, Any, Any]) -> RegistryBackend:
+    registry: RegistryBackend = request.app.state.registry
     return registry
 
 
@@ -181,7 +182,7 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
     body = _decode_request(await request.body())
     registry = _registry(request)
     try:
-        job = registry.submit(_to_generation(body, registry.settings))
+        job = await registry.submit(_to_generation(body, registry.settings))
     except QueueFull as exc:
         retry = str(registry.settings.retry_after_s)
         raise ProblemException(
@@ -204,7 +205,7 @@ def _unknown(job_id: str) -> ProblemException:
 async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
     try:
-        events: AsyncIterator[bytes] = _registry(request).open_stream(job_id, last_event_id)
+        events: AsyncIterator[bytes] = await _registry(request).open_stream(job_id, last_event_id)
     except UnknownJob:
         raise _unknown(job_id) from None
     except FinalEventDelivered:
@@ -219,7 +220,7 @@ async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Resp
 @get(SUBMIT_PATH + "/{job_id:str}", guards=[require_bearer])
 async def status(request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobStatus:
     try:
-        return job_status(_registry(request).get(job_id))
+        return job_status(await _registry(request).get(job_id))
     except UnknownJob:
         raise _unknown(job_id) from None
 
@@ -303,7 +304,7 @@ async def docs() -> str:
 def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litestar:
     """Build the worker app around ``engine``; the engine starts with the app's lifespan."""
     settings = settings or WorkerSettings()
-    registry = JobRegistry(engine, settings)
+    registry = create_registry(engine, settings)
 
     async def on_startup(app: Litestar) -> None:
         await engine.start()

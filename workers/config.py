@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: URL schemes `--registry` accepts (redis-py's own)
+REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://")
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -23,6 +26,8 @@ class WorkerSettings:
     max_tokens_cap: int = 4096
     #: Retry-After seconds sent with 503 when the queue is full
     retry_after_s: int = 1
+    #: where jobs live: None keeps them in this process; ``redis://host:port/db`` shares them with a pool
+    registry_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.job_ttl_s <= 0:
@@ -35,3 +40,5 @@ class WorkerSettings:
             raise ValueError("default max_tokens must be between 1 and the cap")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth token must not be empty")
+        if self.registry_url is not None and not self.registry_url.startswith(REGISTRY_SCHEMES):
+            raise ValueError(f"registry must be a {'/'.join(REGISTRY_SCHEMES)} URL, got {self.registry_url!r}")

@@ -13,14 +13,16 @@ import bisect
 import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from workers.registry import Job, JobRegistry
+    from workers.engines.base import Engine
+    from workers.registry import Job
+    from workers.registry_api import RegistryBackend
 
 #: the classic text format, which every Prometheus version scrapes (generate_latest writes it)
 MEDIA_TYPE: Final = "text/plain; version=0.0.4"  # Litestar appends "; charset=utf-8"
@@ -33,6 +35,7 @@ _COUNTER_HELP: Final = {
     "jobs_reclaimed": "Jobs reclaimed by the TTL sweeper.",
     "jobs_rejected_queue_full": "Submissions answered 503 because the queue was full.",
     "stream_readers": "Stream readers attached since start.",
+    "jobs_lost_declared": "Jobs of a silent replica this replica ended with worker_lost (Redis registry).",
 }
 
 #: seconds; from a fast mock on loopback to a large model behind a long queue
@@ -64,10 +67,24 @@ class LatencyHistogram:
         return buckets
 
 
+class CountedRegistry(Protocol):
+    """What the exposition reads of a job registry (in-process or Redis)."""
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
+    @property
+    def active(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
 class _RegistryCollector(Collector):
     """The job registry's counters, gauges and histograms, read when /metrics is scraped."""
 
-    def __init__(self, jobs: JobRegistry, metrics: JobMetrics) -> None:
+    def __init__(self, jobs: CountedRegistry, metrics: JobMetrics) -> None:
         self._jobs = jobs
         self._metrics = metrics
 
@@ -110,7 +127,7 @@ class _RegistryCollector(Collector):
 class JobMetrics:
     """Latency histograms of one job registry, and the exposition of everything it counts."""
 
-    def __init__(self, jobs: JobRegistry) -> None:
+    def __init__(self, jobs: CountedRegistry) -> None:
         self.time_to_first_token = LatencyHistogram(TTFT_BUCKETS)
         self.token_interval = LatencyHistogram(TOKEN_INTERVAL_BUCKETS)
         self.stream_duration: dict[str, LatencyHistogram] = {}
@@ -150,5 +167,5 @@ class StreamTimer:
         self._last = now
 
 
-def render_metrics(jobs: JobRegistry) -> bytes:
-    return jobs.metrics.render()
+def render_metrics(registry: RegistryBackend) -> bytes:
+    return registry.metrics.render()

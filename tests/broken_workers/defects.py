@@ -306,7 +306,7 @@ def _submit_waits_for_generation() -> None:
 
     async def submit(request: Request[Any, Any, Any]) -> Response[Any]:
         handed_off = await original(request)
-        job = request.app.state.registry.get(handed_off.content.job_id)
+        job = request.app.state.registry.registry.get(handed_off.content.job_id)  # the in-process JobRegistry
         if job.task is not None:
             await asyncio.wait([job.task], timeout=30)
         return handed_off
@@ -324,7 +324,7 @@ def _post_streams() -> None:
 
     async def submit(request: Request[Any, Any, Any]) -> Any:
         handed_off = await original(request)
-        registry: JobRegistry = request.app.state.registry
+        registry: JobRegistry = request.app.state.registry.registry  # the in-process backend's JobRegistry
         events = registry.open_stream(handed_off.content.job_id, None)
         return Stream(events, media_type=worker_sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 
