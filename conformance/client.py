@@ -11,12 +11,14 @@ What orchestrator authors import::
                 print(event.text, end="")
 
 The client follows ``sse_url`` as a URL reference resolved against the POST URL (it never
-builds the stream path itself), resumes with ``Last-Event-ID`` after a dropped connection, and
-stops at ``[DONE]``.
+builds the stream path itself), resumes with ``Last-Event-ID`` after a dropped connection,
+skips event types it does not know, stops at ``[DONE]``, and ``generate`` cancels (DELETE) a
+job it gives up on (the caller rules DC-C in openapi/SPEC.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -146,6 +148,14 @@ def to_event(sse: ServerSentEvent) -> Event | None:
     raise ProtocolError(f"unknown event type {sse.event!r}")
 
 
+def _is_unknown_event(sse: ServerSentEvent) -> bool:
+    return sse.data != DONE_DATA and sse.event not in ("started", "token", "end", "error")
+
+
+def _event_id(sse: ServerSentEvent, previous: int | None) -> int | None:
+    return int(sse.id) if sse.id.isdigit() else previous
+
+
 def _check_stream_type(response: httpx.Response) -> None:
     """A 200 that is not an event stream is off-contract, not a dropped connection to retry."""
     content_type = response.headers.get("content-type", "")
@@ -254,6 +264,9 @@ class DualCallClient:
                     for sse in source.iter_sse():
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
+                        if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
+                            last_event_id = _event_id(sse, last_event_id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return
@@ -267,7 +280,12 @@ class DualCallClient:
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         job = self.submit(prompt, **params)
-        return _assemble(job.job_id, list(self.events(job)))
+        try:
+            return _assemble(job.job_id, list(self.events(job)))
+        except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
+            with contextlib.suppress(DualCallError, httpx.HTTPError):
+                self.cancel(job)
+            raise
 
     def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(self._http.get(job.status_url))
@@ -322,6 +340,9 @@ class AsyncDualCallClient:
                     async for sse in source.aiter_sse():
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
+                        if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
+                            last_event_id = _event_id(sse, last_event_id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return
@@ -335,7 +356,12 @@ class AsyncDualCallClient:
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
         job = await self.submit(prompt, **params)
-        return _assemble(job.job_id, [event async for event in self.events(job)])
+        try:
+            return _assemble(job.job_id, [event async for event in self.events(job)])
+        except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
+            with contextlib.suppress(DualCallError, httpx.HTTPError):
+                await self.cancel(job)
+            raise
 
     async def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(await self._http.get(job.status_url))
