@@ -44,6 +44,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _RUN_PATH = re.compile(r"^/run/(?P<token>[A-Za-z0-9_-]+)/(?P<scenario>[a-z0-9-]+)(?P<rest>/.*)?$")
+_RUN_TOKEN = re.compile(r"^/run/([A-Za-z0-9_-]+)")
 _SUBMIT = "/v1/inference"
 _JOB = re.compile(r"^/v1/inference/(?P<id>[A-Za-z0-9_-]+)$")
 _DEFAULT_STREAM = re.compile(r"^/v1/inference/(?P<id>[A-Za-z0-9_-]+)/stream$")
@@ -106,8 +107,8 @@ class Arena:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         body = await _read_body(receive)
         match = _RUN_PATH.match(path)
-        run = self._runs.get(match["token"]) if match else None
-        if match is None or run is None or match["scenario"] != run.scenario.name:
+        run = self._run_of(path, url, match)
+        if run is None:
             await _answer(
                 send, *_problem(404, "Not Found", "no such adversarial run; use a URL printed by serve-callers")
             )
@@ -122,11 +123,21 @@ class Arena:
                 body=body.decode("utf-8", "replace") if body else None,
             )
         )
-        rest = match["rest"] or "/"
+        # a mangled URL (not /run/<token>/<scenario>/...) is still recorded, as evidence against the caller
+        rest = (match["rest"] or "/") if match and match["scenario"] == run.scenario.name else "/?"
         try:
             await self._route(run, hit, rest, query, receive=receive, send=send)
         finally:
             hit.answered_at = run.now()
+
+    def _run_of(self, path: str, url: str, match: re.Match[str] | None) -> ScenarioRun | None:
+        """The run a request belongs to: by its URL prefix, or by a job id anywhere in a mangled URL."""
+        if match is not None and match["token"] in self._runs:
+            return self._runs[match["token"]]
+        token = _RUN_TOKEN.match(path)
+        if token is not None and token[1] in self._runs:
+            return self._runs[token[1]]
+        return next((run for job_id, (run, _) in self._jobs.items() if job_id in url), None)
 
     async def _route(self, run: ScenarioRun, hit: Hit, rest: str, query: str, *, receive: Receive, send: Send) -> None:
         method = hit.method

@@ -134,19 +134,26 @@ def _follows_sse_url(run: ScenarioRun) -> list[Finding]:
                 )
             )
         if not stray and not opened:
-            submit = next((hit for hit in run.of_kind("submit") if hit.job_id == job.job_id), None)
-            findings.append(
-                _finding(
-                    run,
-                    "fail",
-                    f"never opened sse_url {job.stream_url}: the caller read the POST response as the stream "
-                    "(the legacy shape) or gave up before streaming",
-                    *([submit] if submit else []),
-                )
-            )
+            findings.append(_never_opened(run, job))
         elif opened and not stray and job.scenario.sse_url != "default":
             findings.append(_finding(run, "pass", f"followed sse_url {job.sse_url!r} to {job.stream_url}"))
     return findings
+
+
+def _never_opened(run: ScenarioRun, job: ScriptedJob) -> Finding:
+    """A completion without a stream is the legacy habit; a failure before streaming is another rule's."""
+    outcome = run.outcome
+    if outcome is None or not outcome.succeeded:
+        summary = outcome.summary() if outcome else "no result"
+        return _finding(run, "unverified", f"the caller stopped before opening sse_url ({summary})")
+    submit = [hit for hit in run.of_kind("submit") if hit.job_id == job.job_id]
+    return _finding(
+        run,
+        "fail",
+        f"reported a completion without ever opening sse_url {job.stream_url}: it read the POST response as "
+        "the stream (the legacy shape)",
+        *submit,
+    )
 
 
 # --- DC-C-3 ------------------------------------------------------------------------------
@@ -370,12 +377,15 @@ def _error_is_failure(run: ScenarioRun) -> list[Finding]:
 
 
 def _ignores_unknown(run: ScenarioRun) -> list[Finding]:
-    if "DC-C-8" not in run.scenario.rules:
+    """Text checks as DC-C-5, but any failure counts: nothing else in these scenarios is in the way."""
+    if "DC-C-8" not in run.scenario.rules or not run.jobs:
         return []
-    what = " despite " + (
-        "comments, retry: fields and CRLF" if run.scenario.awkward_framing else "unknown events/fields"
-    )
-    return _text_findings(run, what)
+    what = "comments, retry: fields and CRLF" if run.scenario.awkward_framing else "unknown events and fields"
+    findings = _text_findings(run, f" despite {what}")
+    outcome = run.outcome
+    if [finding.verdict for finding in findings] == ["unverified"] and outcome is not None and not outcome.succeeded:
+        return [_finding(run, "fail", f"{outcome.summary()} on a stream with {what}")]
+    return findings
 
 
 # --- DC-C-9 ------------------------------------------------------------------------------

@@ -161,9 +161,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "slow-first-token",
-        "after `started` the stream is silent for 3 s before the first token",
+        "after `started` the stream is silent for 2 s before the first token",
         ("DC-C-11",),
-        first_token_delay_s=3.0,
+        first_token_delay_s=2.0,
     ),
     Scenario(
         "error-event",
@@ -185,9 +185,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "late-close",
-        "after [DONE] the worker holds the connection open for 3 s before it closes it",
+        "after [DONE] the worker holds the connection open for 2 s before it closes it",
         ("DC-C-10",),
-        close_delay_s=3.0,
+        close_delay_s=2.0,
     ),
 )
 
