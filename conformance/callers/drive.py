@@ -16,31 +16,33 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from conformance.callers.arena import ArenaServer
 from conformance.callers.grade import build_report
-from conformance.callers.record import CallerOutcome, ScenarioRun
+from conformance.callers.record import CallerOutcome, CallerTarget, ScenarioRun
 from conformance.callers.rules import RESUME_LIMIT, SUBMIT_LIMIT
 from conformance.callers.scenarios import SCENARIOS, Scenario
 from conformance.model import Report, Threshold
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "PROMPT",
+    "Caller",
+    "CallerTarget",
+    "CallerUsageError",
+    "CommandCaller",
+    "FunctionCaller",
+    "run_callers",
+    "select",
+    "verdict_already_clear",
+]
 
 PLACEHOLDERS = ("{submit_url}", "{base_url}", "{prompt}", "{scenario}")
 DEFAULT_TIMEOUT_S = 20.0
 PROMPT = "Say hello to the adversarial worker."
 _STDERR_CHARS = 2000
 _POLL_S = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class CallerTarget:
-    """What a caller under test is handed for one scenario."""
-
-    scenario: str
-    base_url: str
-    submit_url: str
-    prompt: str
 
 
 ShouldStop = Callable[[], str | None]

@@ -70,6 +70,16 @@ class ScriptedJob:
         return self.events[-1].id
 
 
+@dataclass(frozen=True, slots=True)
+class CallerTarget:
+    """What a caller under test is handed for one scenario."""
+
+    scenario: str
+    base_url: str
+    submit_url: str
+    prompt: str
+
+
 @dataclass(slots=True)
 class CallerOutcome:
     """What the caller reported to its own user."""

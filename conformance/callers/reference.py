@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from conformance.callers.drive import CallerTarget
+from conformance.callers.record import CallerTarget
 from conformance.client import AsyncDualCallClient, Completion, DualCallClient, DualCallError
 
 TIMEOUT_S = 15.0
