@@ -47,6 +47,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 32, got {text!r}")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
@@ -73,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S", help="per-scenario limit (default: 20)"
     )
+    parser.add_argument("--jobs", type=_jobs, default=4, metavar="N", help="scenarios run at once (default: 4)")
     parser.add_argument("--level", choices=("must", "should"), default="must", help="what fails the run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="write a JUnit XML report")
@@ -146,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threshold=args.level,
                 on_scenario=lambda run: _scenario_line(console, run),
                 server=server,
+                jobs=args.jobs,
             )
         else:
             report = _serve(console, server, scenarios, args.duration, args.level)

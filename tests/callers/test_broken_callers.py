@@ -19,7 +19,7 @@ from conformance.callers.rules import RULES
 @pytest.mark.parametrize("broken", BROKEN_CALLERS, ids=[broken.name for broken in BROKEN_CALLERS])
 def test_broken_caller_is_caught(arena: ArenaServer, broken: BrokenCaller) -> None:
     report = run_callers(
-        FunctionCaller(ToyCaller(broken.knobs), timeout_s=15), scenarios=select(broken.scenarios), server=arena
+        FunctionCaller(ToyCaller(broken.knobs), timeout_s=15), scenarios=select(broken.scenarios), server=arena, jobs=3
     )
     verdicts = {result.id: (result.outcome, result.message) for result in report.results}
     failed = {check for check, (outcome, _) in verdicts.items() if outcome == "failed"}

@@ -36,7 +36,7 @@ def outcomes(report: Report) -> dict[str, str]:
 
 @pytest.mark.parametrize("caller", [sync_caller, async_caller, ToyCaller()], ids=["sync-client", "async-client", "toy"])
 def test_conforming_callers_pass_every_rule(arena: ArenaServer, caller: object) -> None:
-    report = run_callers(FunctionCaller(caller, timeout_s=15), server=arena)  # type: ignore[arg-type]
+    report = run_callers(FunctionCaller(caller, timeout_s=15), server=arena, jobs=4)  # type: ignore[arg-type]
     problems = {result.id: result.message for result in report.results if result.outcome != "passed"}
     assert not problems, problems
     assert set(outcomes(report)) == ALL_CHECKS
@@ -45,7 +45,7 @@ def test_conforming_callers_pass_every_rule(arena: ArenaServer, caller: object) 
 
 def test_naive_caller_fails_with_a_diagnosis_per_broken_rule(arena: ArenaServer) -> None:
     scenarios = select(sorted(set(NAIVE_BREAKS.values())))
-    report = run_callers(CommandCaller(NAIVE, timeout_s=15), scenarios=scenarios, server=arena)
+    report = run_callers(CommandCaller(NAIVE, timeout_s=15), scenarios=scenarios, server=arena, jobs=4)
     failed = {check for check, outcome in outcomes(report).items() if outcome == "failed"}
     assert failed == set(NAIVE_BREAKS), {r.id: r.message for r in report.results}
     assert not report.ok
