@@ -224,7 +224,7 @@ class Arena:
         prefix = f"/run/{run.token}/{scenario.name}"
         signature = secrets.token_hex(6)
         if scenario.sse_url == "absolute":
-            sse_url = f"http://{self.host}:{self.second_port}{prefix}/relay/{job_id}?sig={signature}"
+            sse_url = f"http://{_hostname(hit, self.host)}:{self.second_port}{prefix}/relay/{job_id}?sig={signature}"
         elif scenario.sse_url == "relative-query":
             sse_url = f"../streams/{job_id}?sig={signature}&job={job_id}"
         else:
@@ -372,6 +372,14 @@ class Arena:
         hit.response_headers = dict(headers)
         hit.response_excerpt = body[:_EXCERPT_CHARS].decode("utf-8", "replace")
         await _answer(send, status, headers, body)
+
+
+def _hostname(hit: Hit, default: str) -> str:
+    """The host the caller used (the same host, another port); the listen address without a Host header."""
+    host = hit.header("host") or ""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] or default
+    return host.rpartition(":")[0] if ":" in host else host or default
 
 
 def _cut_plan(scenario: Scenario, pending: list[WireEvent]) -> tuple[int, int, str, str] | None:
