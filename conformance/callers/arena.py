@@ -186,7 +186,7 @@ class Arena:
                 return None
             hit.job_id = job.job_id
             if job.deleted:
-                hit.note = "the job was cancelled"
+                hit.kind, hit.note = "stream", "the job was cancelled"  # the right URL, answered 404
                 return None
             if job.scenario.sse_url != style or hit.listener != listener:
                 hit.kind = "built-stream" if style == "default" else "wrong-stream"
