@@ -19,6 +19,24 @@ from conformance.model import CheckResult, Diagnosis, Exchange, Report, Threshol
 
 #: exchanges kept as evidence per check
 MAX_EXCHANGES = 6
+#: requests logged per scenario in the report's ``worker`` section
+MAX_LOGGED_REQUESTS = 40
+
+
+def request_line(hit: Hit) -> str:
+    """One line of the request log: time, request, answer, and what the stream delivered."""
+    line = f"{hit.at:7.3f}s {hit.listener} {hit.method} {hit.url} -> {hit.status} ({hit.kind})"
+    if hit.last_event_id is not None:
+        line += f" Last-Event-ID: {hit.last_event_id}"
+    if hit.delivered:
+        line += f"; events {hit.delivered[0]}..{hit.delivered[-1]} sent"
+    if hit.cut:
+        line += f"; cut {hit.cut_where}"
+    if hit.done_at is not None:
+        line += f"; [DONE] at {hit.done_at:.3f}s"
+    if hit.disconnected_at is not None:
+        line += f"; caller disconnected at {hit.disconnected_at:.3f}s"
+    return line
 
 
 def exchange(hit: Hit) -> Exchange:
@@ -107,8 +125,8 @@ def build_report(
                 "name": run.scenario.name,
                 "title": run.scenario.title,
                 "base_url": run.base_url,
-                "requests": len(run.hits),
                 "caller": run.outcome.summary() if run.outcome else "not run",
+                "requests": [request_line(hit) for hit in run.hits[:MAX_LOGGED_REQUESTS]],
             }
             for run in runs
         ],

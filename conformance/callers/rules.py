@@ -8,6 +8,7 @@ the evidence, or ``unverified`` when this run could not show the rule either way
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,6 @@ SUBMIT_LIMIT = 10
 RESUME_LIMIT = 10
 #: clock slack when comparing a retry's delay with Retry-After
 RETRY_SLACK_S = 0.05
-#: fields of InferenceRequest (openapi/dualcall.yaml); anything else in a submit body breaks DC-C-1
-REQUEST_FIELDS = frozenset({"prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,14 @@ def _reported(run: ScenarioRun) -> Finding | None:
     return None
 
 
+@functools.cache
+def request_fields() -> frozenset[str]:
+    """The fields of InferenceRequest in the contract document; anything else in a submit body breaks DC-C-1."""
+    import openapi
+
+    return frozenset(openapi.load_document()["components"]["schemas"]["InferenceRequest"]["properties"])
+
+
 def _final_delivered(run: ScenarioRun, job: ScriptedJob) -> bool:
     return any(hit.final_delivered for hit in run.streams(job))
 
@@ -108,7 +115,7 @@ def _no_job_id(run: ScenarioRun) -> list[Finding]:
             findings.append(
                 _finding(run, "fail", f"the submit body carries job_id {body['job_id']!r}: the server assigns ids", hit)
             )
-        elif extra := sorted(set(body) - REQUEST_FIELDS):
+        elif extra := sorted(set(body) - request_fields()):
             findings.append(_finding(run, "fail", f"the submit body carries unknown field(s) {', '.join(extra)}", hit))
         else:
             findings.append(_finding(run, "pass", f"submit body fields: {', '.join(sorted(body))}"))
