@@ -37,6 +37,7 @@ from conformance.callers.scenarios import (
     WireEvent,
 )
 from conformance.client import resolve
+from conformance.contract import contract_version
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,6 +52,15 @@ _DEFAULT_STREAM = re.compile(r"^/v1/inference/(?P<id>[A-Za-z0-9_-]+)/stream$")
 _QUERY_STREAM = re.compile(r"^/streams/(?P<id>[A-Za-z0-9_-]+)$")
 _RELAY_STREAM = re.compile(r"^/relay/(?P<id>[A-Za-z0-9_-]+)$")
 _EXCERPT_CHARS = 600
+_HEALTH = json.dumps(
+    {
+        "status": "ok",
+        "engine": "adversary",
+        "model": "scripted",
+        "contract_version": contract_version(),
+        "keepalive_s": 15,
+    }
+).encode()
 #: pause between the small chunks of the mid-UTF-8 scenario, so they leave as separate writes
 _CHUNK_PAUSE_S = 0.002
 _CHUNK_BYTES = 5
@@ -146,6 +156,9 @@ class Arena:
                 await self._reply(hit, send, 405, {"allow": "POST"}, b"")
                 return
             await self._submit(run, hit, send)
+            return
+        if rest == "/health" and method == "GET":  # callers may look before they submit (DC-5.1)
+            await self._reply(hit, send, 200, {"content-type": "application/json"}, _HEALTH)
             return
         stream = self._stream_target(run, hit, rest, query)
         if stream is not None:

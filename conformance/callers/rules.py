@@ -549,7 +549,7 @@ RULES: tuple[CallerRule, ...] = (
         "DC-CALLER-007",
         "DC-C-7",
         "MUST",
-        "reports an `error` event as a failure with its code and message, never as a completion",
+        "reports an `error` event as a failure naming the error, never as a completion",
         "On `event: error`, raise or return a failure carrying data.code and data.message; do not return the "
         "tokens received so far as the answer.",
         _error_is_failure,
