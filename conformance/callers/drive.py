@@ -217,6 +217,7 @@ def run_callers(
     return build_report(
         runs,
         target=f"caller: {caller.label}",
+        command=caller.template if isinstance(caller, CommandCaller) else None,
         threshold=threshold,
         started_at=started_at,
         duration_s=time.monotonic() - clock,

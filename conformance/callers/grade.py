@@ -8,15 +8,20 @@ in which scenario, and what to change.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import get_args
 
 from conformance import __version__
 from conformance.callers.record import Hit, ScenarioRun
 from conformance.callers.rules import RULES, CallerRule, Finding
 from conformance.contract import contract_version
-from conformance.model import CheckResult, Diagnosis, Exchange, Report, Threshold
+from conformance.model import CheckResult, Diagnosis, Exchange, Outcome, Report, Threshold
 
+#: the model's outcome for a rule no run could observe: "unverified" where the model has it (the
+#: suite's newer model), "skipped" before; never a failure either way
+NOT_OBSERVED: Outcome = "unverified" if "unverified" in get_args(Outcome) else "skipped"  # type: ignore[assignment]
 #: exchanges kept as evidence per check
 MAX_EXCHANGES = 6
 #: requests logged per scenario in the report's ``worker`` section
@@ -76,8 +81,15 @@ def grade_rule(rule: CallerRule, runs: Sequence[ScenarioRun], threshold: Thresho
             f" (kept in {len(scenarios)} scenarios)" if len(scenarios) > 1 else ""
         )
     else:
-        result.outcome = "skipped"
+        result.outcome = NOT_OBSERVED
         tested = ", ".join(rule.scenarios) or "every scenario"
+        if hasattr(result, "how_to_verify"):  # the newer model says what would verify it
+            setattr(  # noqa: B010  (the older model has no such field)
+                result,
+                "how_to_verify",
+                f"run the scenarios {tested} with a caller whose result is known (--caller, or the "
+                "dualcall_caller fixture's check()/grade())",
+            )
         reason = (
             f"[{unverified[0].scenario}] {unverified[0].message}" if unverified else f"scenarios run: none of {tested}"
         )
@@ -94,10 +106,19 @@ def diagnose(rule: CallerRule, result: CheckResult, findings: Sequence[Finding])
     )
 
 
+def replay_command(command: str, rule: CallerRule) -> str:
+    """The command that runs a command caller again on the scenarios of one rule."""
+    scenarios = ",".join(rule.scenarios)
+    return f"dualcall-conformance serve-callers --caller {shlex.quote(command)}" + (
+        f" --scenarios {scenarios}" if scenarios else ""
+    )
+
+
 def build_report(
     runs: Sequence[ScenarioRun],
     *,
     target: str,
+    command: str | None = None,
     threshold: Threshold = "must",
     started_at: datetime | None = None,
     duration_s: float = 0.0,
@@ -117,6 +138,8 @@ def build_report(
         if result.outcome in ("failed", "warning"):
             findings = [finding for run in runs for finding in rule.grade(run)]
             report.diagnoses.append(diagnose(rule, result, findings))
+            if command is not None:
+                result.details.append(f"replay: {replay_command(command, rule)}")
     report.worker = {
         "mode": "caller conformance (adversarial worker)",
         "adversary": adversary,

@@ -17,7 +17,7 @@ import pytest
 from junitparser import JUnitXml
 
 from conformance.callers.arena import ArenaServer
-from conformance.callers.grade import build_report
+from conformance.callers.grade import NOT_OBSERVED, build_report
 from conformance.callers.naive import call as naive_call
 from conformance.callers.reference import sync_caller
 from conformance.callers.scenarios import SCENARIO_BY_NAME
@@ -69,6 +69,11 @@ def test_a_failing_caller_gets_json_junit_and_html_reports(tmp_path: Path) -> No
     failures = [case.name for suite in JUnitXml.fromfile(str(reports["xml"])) for case in suite if not case.is_passed]
     assert any("DC-CALLER-007" in name for name in failures)
     assert "DC-CALLER-007" in reports["html"].read_text()
+    replay = next(d for d in report["checks"] if d["id"] == "DC-CALLER-007")["evidence"]["details"][-1]
+    assert (
+        replay.startswith("replay: dualcall-conformance serve-callers --caller ")
+        and "--scenarios error-event" in replay
+    )
 
 
 def test_without_the_callers_result_the_wire_alone_is_graded() -> None:
@@ -80,7 +85,7 @@ def test_without_the_callers_result_the_wire_alone_is_graded() -> None:
     report = build_report([run], target="wire only")
     verdicts = {result.id: result.outcome for result in report.results}
     assert verdicts["DC-CALLER-002"] == "failed"
-    assert verdicts["DC-CALLER-009"] == "skipped"  # abandonment needs the caller's result
+    assert verdicts["DC-CALLER-009"] == NOT_OBSERVED  # abandonment needs the caller's result
 
 
 @pytest.mark.parametrize("dualcall_caller", ["cut-mid-utf8", "relative-sse-url-query"], indirect=True)
