@@ -146,6 +146,11 @@ def _validate_url(parser: argparse.ArgumentParser, url: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve-callers"]:  # caller conformance: its own options (conformance/callers/cli.py)
+        from conformance.callers.cli import main as serve_callers
+
+        return serve_callers(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(highlight=False)

@@ -189,6 +189,15 @@ def to_event(sse: ServerSentEvent) -> Event | None:
     raise ProtocolError(f"unknown event type {sse.event!r}")
 
 
+def _is_unknown_event(sse: ServerSentEvent) -> bool:
+    """DC-C-8: event types the client does not know are skipped (the contract grows by new ones)."""
+    return sse.data != DONE_DATA and sse.event not in ("started", "token", "end", "error")
+
+
+def _event_id(sse: ServerSentEvent, previous: int | None) -> int | None:
+    return int(sse.id) if sse.id.isdigit() else previous
+
+
 def _check_stream_type(response: httpx.Response) -> None:
     """A 200 that is not an event stream is off-contract, not a dropped connection to retry."""
     content_type = response.headers.get("content-type", "")
@@ -377,6 +386,9 @@ class DualCallClient:
                     for sse in source.iter_sse():
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
+                        if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
+                            last_event_id = _event_id(sse, last_event_id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return
@@ -393,7 +405,14 @@ class DualCallClient:
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         job = self.submit(prompt, **params)
-        return _assemble(job.job_id, list(self.events(job)))
+        try:
+            return _assemble(job.job_id, list(self.events(job)))
+        except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
+            try:  # noqa: SIM105  (no contextlib import: keeps this change apart from the imports)
+                self.cancel(job)
+            except (DualCallError, httpx.HTTPError):
+                pass  # the original error is what the caller needs to see
+            raise
 
     def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(self._http.get(job.status_url))
@@ -466,6 +485,9 @@ class AsyncDualCallClient:
                     async for sse in source.aiter_sse():
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
+                        if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
+                            last_event_id = _event_id(sse, last_event_id)
+                            continue
                         event = to_event(sse)
                         if event is None:
                             return
@@ -482,7 +504,14 @@ class AsyncDualCallClient:
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
         job = await self.submit(prompt, **params)
-        return _assemble(job.job_id, [event async for event in self.events(job)])
+        try:
+            return _assemble(job.job_id, [event async for event in self.events(job)])
+        except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
+            try:  # noqa: SIM105  (no contextlib import: keeps this change apart from the imports)
+                await self.cancel(job)
+            except (DualCallError, httpx.HTTPError):
+                pass  # the original error is what the caller needs to see
+            raise
 
     async def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(await self._http.get(job.status_url))

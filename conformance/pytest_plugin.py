@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from conformance.callers.pytest_fixtures import dualcall_adversary, dualcall_caller  # noqa: F401  (caller fixtures)
 from conformance.model import CheckResult, CheckSpec
 
 _STATE_KEY = pytest.StashKey[dict[str, Any]]()

@@ -269,14 +269,28 @@ def test_comments_and_keepalives_are_ignored(router: respx.MockRouter) -> None:
         "id: 1\nevent: token\ndata: not json\n\n",
         'id: 1\nevent: token\ndata: {"index": 0}\n\n',
         'id: one\nevent: started\ndata: {"job_id": "x"}\n\n',
-        "id: 1\nevent: narration\ndata: {}\n\n",
-        'id: 1\ndata: {"index": 0, "text": "no event type"}\n\n',
     ],
 )
 def test_off_contract_events_raise_protocol_error(router: respx.MockRouter, bad_frame: str) -> None:
     router.get(submission().sse_url).mock(return_value=sse_response(bad_frame + DONE))
     with DualCallClient(BASE) as client, pytest.raises(ProtocolError):
         list(client.events(submission()))
+
+
+def test_unknown_event_types_are_skipped(router: respx.MockRouter) -> None:
+    """DC-C-8: new event types (even with a `text` field, even untyped `message` events) are ignored."""
+    body = (
+        frame(1, "started", {"job_id": JOB})
+        + frame(2, "narration", {"text": "thinking"})
+        + 'id: 3\ndata: {"text": "untyped"}\n\n'
+        + frame(4, "token", {"index": 0, "text": "x"})
+        + frame(5, "end", {"tokens_out": 1, "stop_reason": "eos"})
+    )
+    router.get(submission().sse_url).mock(return_value=sse_response(body + DONE))
+    with DualCallClient(BASE) as client:
+        events = list(client.events(submission()))
+    assert [type(event) for event in events] == [Started, Token, End]
+    assert [event.id for event in events] == [1, 4, 5]
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 4096])

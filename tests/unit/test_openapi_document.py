@@ -54,7 +54,9 @@ EXPECTED_RULES = {
     "DC-4": ["MUST"] * 3,
     "DC-5": ["MUST"] * 5,
 }
-RULE_ID = re.compile(r"DC-\d+\.\d+")
+#: DC-C-1 ... (callers)
+EXPECTED_CALLER_RULES = ["MUST"] * 9 + ["SHOULD"] * 2
+RULE_ID = re.compile(r"DC-\d+\.\d+|DC-C-\d+")
 RULE_HEADING = re.compile(r"^### (\S+) \((MUST|SHOULD|MAY)\) \S", re.MULTILINE)
 ANY_DC_TOKEN = re.compile(r"DC-[0-9A-Za-z.]*[0-9A-Za-z]")
 
@@ -440,12 +442,13 @@ def test_spec_rules_and_levels(spec_text: str) -> None:
         for section, section_levels in EXPECTED_RULES.items()
         for number, level in enumerate(section_levels, start=1)
     }
+    expected |= {f"DC-C-{number}": level for number, level in enumerate(EXPECTED_CALLER_RULES, start=1)}
     assert levels == expected
 
 
 def test_spec_mentions_only_defined_rules(spec_text: str) -> None:
     defined = {rule_id for rule_id, _ in RULE_HEADING.findall(spec_text)}
-    sections = {rule_id.split(".")[0] for rule_id in defined}
+    sections = {re.sub(r"[.-]\d+$", "", rule_id) for rule_id in defined}
     for token in ANY_DC_TOKEN.findall(spec_text):
         assert token in defined or token in sections, f"undefined rule id {token!r} in SPEC.md"
 
