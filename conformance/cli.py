@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 pass, 1 a check failed (or an unverified MUST rule with --require-all), "
-            "2 usage error or a target the suite cannot test as given."
+            "2 usage error or a target the suite cannot test as given. "
+            "To grade a caller (an orchestrator) instead of a worker: dualcall-conformance serve-callers --help"
         ),
     )
     parser.add_argument("url", nargs="?", help="base URL of the worker, e.g. http://127.0.0.1:8000")

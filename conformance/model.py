@@ -103,6 +103,8 @@ class CheckResult:
     duration_s: float = 0.0
     #: for an unverified check: what would let the suite observe the behaviour
     how_to_verify: str = ""
+    #: a command that runs this check again (set by whoever ran it)
+    replay: str = ""
 
     @property
     def evidence(self) -> dict[str, object]:
@@ -117,6 +119,7 @@ class CheckResult:
             "outcome": self.outcome,
             "message": self.message,
             "how_to_verify": self.how_to_verify,
+            "replay": self.replay,
             "duration_s": round(self.duration_s, 3),
             "evidence": self.evidence,
         }
@@ -179,10 +182,6 @@ class Report:
     #: the fuzz seed of this run (``--seed`` replays it); None when nothing was fuzzed
     seed: int | None = None
 
-    def replay_command(self, result: CheckResult) -> str:
-        """The command that runs this one check again against the same target."""
-        seed = f" --seed {self.seed}" if self.seed is not None and result.id.startswith("DC-FUZZ") else ""
-        return f"dualcall-conformance {shlex.quote(self.target)} --checks {result.id}{seed}"
 
     @property
     def summary(self) -> Summary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +128,12 @@ def _not_a_base_url(probe: Probe, timeout: float) -> str:
     return message
 
 
+def replay_command(config: RunConfig, check_id: str) -> str:
+    """The command that runs one check again against the same target (with the run's seed for a fuzz check)."""
+    seed = f" --seed {config.seed}" if config.seed is not None and check_id.startswith("DC-FUZZ") else ""
+    return f"dualcall-conformance {shlex.quote(config.target)} --checks {check_id}{seed}"
+
+
 def check_budget_s(options: Options) -> float:
     """Wall-clock budget of one check: every read inside it ends by then (documented in the README)."""
     return 20 * options.timeout_s + 3 * options.ttl_budget_s
@@ -249,6 +256,8 @@ def run(
                 if on_result:
                     on_result(result)
         report.diagnoses = ctx.diagnoses
+        for result in report.results:
+            result.replay = replay_command(config, result.id)
     finally:
         probe.close()
         report.duration_s = time.perf_counter() - started

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import get_args
 
 from conformance import __version__
 from conformance.callers.record import Hit, ScenarioRun
@@ -19,9 +18,8 @@ from conformance.callers.rules import RULES, CallerRule, Finding
 from conformance.contract import contract_version
 from conformance.model import CheckResult, Diagnosis, Exchange, Outcome, Report, Threshold
 
-#: the model's outcome for a rule no run could observe: "unverified" where the model has it (the
-#: suite's newer model), "skipped" before; never a failure either way
-NOT_OBSERVED: Outcome = "unverified" if "unverified" in get_args(Outcome) else "skipped"  # type: ignore[assignment]
+#: the outcome of a rule no run could observe: never a failure
+NOT_OBSERVED: Outcome = "unverified"
 #: exchanges kept as evidence per check
 MAX_EXCHANGES = 6
 #: requests logged per scenario in the report's ``worker`` section
@@ -139,7 +137,7 @@ def build_report(
             findings = [finding for run in runs for finding in rule.grade(run)]
             report.diagnoses.append(diagnose(rule, result, findings))
             if command is not None:
-                result.details.append(f"replay: {replay_command(command, rule)}")
+                result.replay = replay_command(command, rule)
     report.worker = {
         "mode": "caller conformance (adversarial worker)",
         "adversary": adversary,

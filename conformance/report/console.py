@@ -71,7 +71,7 @@ def check_line(result: CheckResult, *, id_width: int = 16) -> Text:
     return line
 
 
-def _print_evidence(console: Console, result: CheckResult, report: Report) -> None:
+def _print_evidence(console: Console, result: CheckResult) -> None:
     style = _STYLE[result.outcome]
     text = Text()
     text.append(f"{OUTCOME_LABEL[result.outcome]} ", style=style)
@@ -95,7 +95,8 @@ def _print_evidence(console: Console, result: CheckResult, report: Report) -> No
         if len(result.exchanges) > 1:
             more = len(result.exchanges) - 1
             console.print(Text(f"    (+{more} more exchanges in the JSON/HTML report)", style="dim"))
-    console.print(Text("  replay: " + _clean(report.replay_command(result)), style="dim"), soft_wrap=True)
+    if result.replay:
+        console.print(Text("  replay: " + _clean(result.replay), style="dim"), soft_wrap=True)
 
 
 def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
@@ -140,7 +141,7 @@ def render_console(report: Report, console: Console, *, lines_already_printed: b
         console.print()
         console.rule(Text("Failures and warnings", style="bold"))
         for result in problems:
-            _print_evidence(console, result, report)
+            _print_evidence(console, result)
             console.print()
     for diagnosis in report.diagnoses:
         console.print(_diagnosis_panel(diagnosis))
