@@ -116,6 +116,8 @@ class Probe:
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
         self.exchanges: list[Exchange] = []
         self.all_exchanges: list[Exchange] = []
+        #: every stream read, parsed (DC-STREAM-014 sweeps them for internal errors)
+        self.captures: list[StreamCapture] = []
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -278,4 +280,5 @@ class Probe:
         exchange.body_excerpt, exchange.body_truncated = _excerpt(capture.raw)
         exchange.error = capture.error
         self._record(exchange)
+        self.captures.append(capture)
         return capture

@@ -19,7 +19,7 @@ from conformance.probe import Probe, TargetUnreachable
 
 AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "service")
 #: checks that sweep the evidence of all the others run last
-SWEEPS = ("DC-SVC-004", "DC-SVC-006")
+SWEEPS = ("DC-STREAM-014", "DC-SVC-004", "DC-SVC-006")
 
 
 @dataclass(frozen=True, slots=True)

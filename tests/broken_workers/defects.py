@@ -1278,3 +1278,8 @@ def _absolute_sse_url() -> Middleware:
 )
 def _path_relative_sse_url() -> Middleware:
     return _rewrite_sse_url(lambda scope, job_id, path: f"inference/{job_id}/stream")
+
+
+# -- further catalogue modules (registered with `defect` above) ---------------------------------------------------
+
+from . import defects_outcomes  # noqa: E402, F401
