@@ -204,6 +204,8 @@ def run_coverage(
             f"{timeout_s:g}",
             "--workers",
             "1",
+            # every case runs: the first failure must not hide the cases after it
+            "--continue-on-failure",
             "--no-color",
             # sanitizing would replace `max_tokens` values ("token" in the name) in the evidence
             "--output-sanitize",
