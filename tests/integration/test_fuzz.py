@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from conformance.fuzz import FUZZ_CHECKS, MAX_FUZZ_TOKENS, run_fuzz
+from conformance.fuzz import FUZZ_CHECKS, run_fuzz
 from conformance.model import CheckResult
 
 pytestmark = pytest.mark.slow
@@ -286,9 +286,10 @@ def test_broken_worker_5xx_is_found(broken_url: str) -> None:
     assert curl.startswith("curl ") and "-X POST" in curl and f"{broken_url}/v1/inference" in curl
     assert "max_tokens" in curl
     assert "Traceback" in posts[0].body_excerpt
-    # generated max_tokens stay small: the 500s come from the clamped values 11..16
+    # the deterministic boundary cases find it first, with their max_tokens unclamped (4095 is valid)
     sent = [json.loads(exchange.request_body or "{}") for exchange in posts]
-    assert any(10 < body.get("max_tokens", 0) <= MAX_FUZZ_TOKENS for body in sent if isinstance(body, dict)), sent
+    assert any(10 < body.get("max_tokens", 0) <= 4096 for body in sent if isinstance(body, dict)), sent
+    assert any("boundary case: " in detail for detail in submit.details), submit.details
     # the stream's bad token event is caught by itemSchema validation while following the stream link
     stateful = by_id["DC-FUZZ-003"]
     assert stateful.outcome == "failed"

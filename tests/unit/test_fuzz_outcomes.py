@@ -17,7 +17,7 @@ import pytest
 import respx
 
 from conformance.contract import max_tokens_limit, runtime_limit_codes
-from conformance.fuzz import _clamp_or_reject
+from conformance.fuzz import MAX_FUZZ_TOKENS, _clamp_max_tokens, _clamp_or_reject
 from conformance.fuzz_boundary import config_toml, parse_report
 from conformance.fuzz_streams import AcceptedJob, StreamReader
 from conformance.model import Exchange
@@ -118,6 +118,22 @@ def test_valid_request_is_judged_by_the_contract() -> None:
 def test_clamp_or_reject(max_tokens: object, status: int, cap: int | None, allowed: bool) -> None:
     assert max_tokens_limit() == 4096
     assert _clamp_or_reject({"prompt": "x", "max_tokens": max_tokens}, status, cap) is allowed
+
+
+class _Case:
+    def __init__(self, body: object) -> None:
+        self.body = body
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [(4096, MAX_FUZZ_TOKENS), (17, MAX_FUZZ_TOKENS), (16, 16), (1, 1), (4097, 4097), (0, 0), (2.5, 2.5), ("x", "x")],
+)
+def test_generated_max_tokens_stay_small(sent: object, expected: object) -> None:
+    """Generated bodies never ask an engine for thousands of tokens; out-of-range values stay (negative data)."""
+    case = _Case({"prompt": "x", "max_tokens": sent})
+    _clamp_max_tokens(case)
+    assert case.body == {"prompt": "x", "max_tokens": expected}
 
 
 # -- the schemathesis CLI bridge -------------------------------------------------------------------------------
