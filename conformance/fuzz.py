@@ -714,9 +714,16 @@ def run_fuzz(
 ) -> list[CheckResult]:
     """Fuzz the worker at ``base_url`` with schemathesis; one :class:`CheckResult` per :data:`FUZZ_CHECKS` entry.
 
-    ``max_examples`` scales every phase: that many positive and that many negative submit bodies,
-    a fifth of it for each job route with random ids, and that many stateful scenarios of at most
-    five steps. ``seed`` makes generation reproducible (``None``: random). Never raises.
+    The deterministic boundary cases of submit come first (their number depends only on the schema:
+    107 with schemathesis 4.32). ``max_examples`` scales the other phases: that many positive and that
+    many negative submit bodies, a fifth of it for each job route with random ids, and that many
+    stateful scenarios of at most five steps. Jobs accepted for valid bodies are read to their end
+    meanwhile (at most :data:`~conformance.fuzz_streams.MAX_READ_JOBS`). ``seed`` makes generation
+    reproducible (``None``: random). Never raises.
+
+    Wall time is bounded: no request is sent once the soft budget (30 s + 2 s per example) is spent
+    (the boundary run is stopped when it is), the stream reads get 15 s more plus one read's deadline
+    (``max(5, timeout_s)``), and cancelling the accepted jobs at most 5 s.
     """
     started = time.monotonic()
     max_examples = max(1, int(max_examples))
