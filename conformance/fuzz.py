@@ -115,6 +115,8 @@ _STATEFUL_CHECKS = ("use_after_free", "ensure_resource_availability")
 _FUZZ_SOURCES = {"DC-FUZZ-001": "generated", "DC-FUZZ-003": "stateful"}
 #: seconds the stream reads get after the last fuzzed request
 _READ_GRACE_S = 15.0
+#: the boundary run may take this long even when the soft budget is shorter (it runs first)
+_BOUNDARY_MIN_S = 120.0
 #: pseudo-check names for what the bridge itself finds
 _UNKNOWN_JOB = "unknown_job_not_found"
 _TRANSPORT = "transport_error"
@@ -721,9 +723,11 @@ def run_fuzz(
     meanwhile (at most :data:`~conformance.fuzz_streams.MAX_READ_JOBS`). ``seed`` makes generation
     reproducible (``None``: random). Never raises.
 
-    Wall time is bounded: no request is sent once the soft budget (30 s + 2 s per example) is spent
-    (the boundary run is stopped when it is), the stream reads get 15 s more plus one read's deadline
-    (``max(5, timeout_s)``), and cancelling the accepted jobs at most 5 s.
+    Wall time is bounded: the boundary run is stopped after 120 s or the soft budget (30 s + 2 s per
+    example), whichever is longer; the other phases send no request once their own soft budget is
+    spent; the stream reads get 15 s more plus one read's deadline (``max(5, timeout_s)``);
+    cancelling the accepted jobs takes at most 5 s. With the default 25 examples: at most about
+    120 + 80 + 15 + 10 + 5 = 230 s against a worker that never answers, 20 to 40 s against the mock.
     """
     started = time.monotonic()
     max_examples = max(1, int(max_examples))
@@ -871,7 +875,8 @@ def _run_boundary(run: _Run, base_url: str, *, token: str | None, timeout_s: flo
         token=token,
         timeout_s=timeout_s,
         seed=seed,
-        time_limit_s=max(0.0, run.deadline - time.monotonic()),
+        # its own floor: on a loaded machine the CLI's start alone takes a while, and 107 requests more
+        time_limit_s=max(_BOUNDARY_MIN_S, run.deadline - time.monotonic()),
     )
     if result.problem is not None:
         raise RuntimeError(result.problem)
@@ -902,11 +907,14 @@ def _fuzz(
     run.max_tokens_cap, reachable = _advertised_cap(base_url, timeout_s)
     if reachable:  # an unreachable target is diagnosed by the first generated request
         run.progress("fuzz: deterministic boundary cases of every submit field (schemathesis coverage phase)")
+        boundary_started = time.monotonic()
         run.guard(
             ("DC-FUZZ-001", "DC-FUZZ-002"),
             "boundary-case phase",
             functools.partial(_run_boundary, run, base_url, token=token, timeout_s=timeout_s, seed=seed),
         )
+        # The generated phases keep their whole budget: a slow boundary run must not starve them.
+        run.deadline += time.monotonic() - boundary_started
 
     def submit_check_id(name: str) -> str:
         return "DC-FUZZ-001" if name in (*_ACCEPTANCE_CHECKS, _TRANSPORT) else "DC-FUZZ-002"
