@@ -128,7 +128,8 @@ def _sweep(ctx: Context, labels: dict[str, str]) -> tuple[list[_Finding], int, i
         outcome = unexpected_error(capture.events)
         if outcome is None:
             continue
-        job_id = _job_id(capture)
+        # a resumed stream has no `started` event: the job id is then in the stream's URL
+        job_id = _job_id(capture) or next((known for known in submissions if known in capture.url), None)
         submit = submissions.get(job_id or "")
         if job_id is None or submit is None or not _valid_body(submit):
             unattributed += 1
