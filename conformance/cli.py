@@ -207,7 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"fuzz seed {seed} (replay with --seed {seed})", markup=False)
     try:
         with ConsoleProgress(console, total=len(selected)) as progress:
-            report = run(config, on_start=lambda spec: progress.start(spec.id, spec.title), on_result=progress.advance)
+            report = run(
+                config,
+                on_start=lambda spec: progress.start(spec.id, spec.title),
+                on_result=progress.advance,
+                on_progress=progress.note,
+            )
     except TargetUnusable as exc:
         print(f"dualcall-conformance: {exc}", file=sys.stderr)
         return EXIT_USAGE

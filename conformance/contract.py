@@ -26,6 +26,20 @@ def event_data_schemas() -> dict[str, dict[str, Any]]:
     return {event: schemas[name]["properties"]["data"]["contentSchema"] for event, name in EVENT_SCHEMAS.items()}
 
 
+@functools.cache
+def max_tokens_limit() -> int:
+    """The contract's largest ``max_tokens`` (a worker MAY clamp to a lower advertised cap, DC-1.1)."""
+    schema = openapi.load_document()["components"]["schemas"]["InferenceRequest"]
+    return int(schema["properties"]["max_tokens"]["maximum"])
+
+
+@functools.cache
+def runtime_limit_codes() -> frozenset[str]:
+    """``error`` codes a valid request may end with (DC-2.15): the document's ``x-dualcall-runtime-limit-codes``."""
+    schema = openapi.load_document()["components"]["schemas"]["SseErrorEvent"]
+    return frozenset(str(code) for code in schema.get("x-dualcall-runtime-limit-codes", ()))
+
+
 def schema_errors(name: str, payload: Any) -> list[str]:
     """Violations of ``payload`` against ``#/components/schemas/<name>`` of the document."""
     import jsonschema

@@ -182,7 +182,6 @@ class Report:
     #: the fuzz seed of this run (``--seed`` replays it); None when nothing was fuzzed
     seed: int | None = None
 
-
     @property
     def summary(self) -> Summary:
         summary = Summary()

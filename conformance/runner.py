@@ -21,7 +21,7 @@ from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusa
 
 AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "service")
 #: checks that sweep the evidence of all the others run last
-SWEEPS = ("DC-SVC-004", "DC-SVC-006")
+SWEEPS = ("DC-STREAM-014", "DC-SVC-004", "DC-SVC-006")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +204,7 @@ def run(
     *,
     on_start: Callable[[CheckSpec], None] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Run the catalogue. Raises `TargetUnreachable` before any check when nothing answers HTTP."""
     probe = Probe(config.target, token=config.options.token, timeout_s=config.options.timeout_s)
@@ -246,6 +247,7 @@ def run(
                 max_examples=config.max_examples,
                 timeout_s=config.options.timeout_s,
                 seed=config.seed,
+                on_progress=on_progress,
             ):
                 if result.id not in wanted:
                     continue

@@ -95,6 +95,6 @@ def check(
 
 def load_all() -> dict[str, Check]:
     """Import every check module (registration happens on import) and return the registry."""
-    from conformance.checks import jobs, legacy, lifetime, params, service, stream, submit  # noqa: F401
+    from conformance.checks import jobs, legacy, lifetime, outcomes, params, service, stream, submit  # noqa: F401
 
     return REGISTRY

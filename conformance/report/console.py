@@ -7,6 +7,8 @@ rich markup nor terminal escape sequences.
 
 from __future__ import annotations
 
+import math
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -41,6 +43,8 @@ __all__ = ["ConsoleProgress", "check_line", "render_console", "summary_text"]
 _GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "unverified": "?"}
 _STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "unverified": "magenta"}
 _REASON_CHARS = 100
+#: outside a terminal, progress notes are printed at most this often (CI logs stay short)
+NOTE_INTERVAL_S = 5.0
 _BODY_CHARS = 300
 
 
@@ -120,7 +124,7 @@ def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
 
 
 def summary_text(report: Report) -> Text:
-    """The closing line: ``31 passed, 2 failed, 1 warnings, 3 skipped in 4.2s — FAIL (MUST failures)``."""
+    """The closing line: ``31 passed, 2 failed, 1 warnings, 3 unverified in 4.2s — FAIL (MUST failures)``."""
     return Text(summary_line(report), style="bold green" if report.ok else "bold red")
 
 
@@ -181,6 +185,7 @@ class ConsoleProgress:
         self.lines_printed = False
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._last_note = -math.inf
 
     def __enter__(self) -> ConsoleProgress:
         if self.console.is_terminal:
@@ -212,6 +217,16 @@ class ConsoleProgress:
         if self._progress is not None and self._task is not None:
             label = f"{check_id} {title}".strip()
             self._progress.update(self._task, description=escape(f"{self.description}: {_clean(label)}"))
+
+    def note(self, text: str) -> None:
+        """Progress inside a long check (fuzzing): the bar's label on a terminal, else a line every few seconds."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=escape(_clean(text)))
+            return
+        now = time.monotonic()
+        if now - self._last_note >= NOTE_INTERVAL_S:
+            self._last_note = now
+            self.console.print(Text(_clean(text), style="dim"))
 
     def advance(self, result: CheckResult) -> None:
         """Print *result*'s line now and move the bar on by one."""

@@ -1491,3 +1491,8 @@ def _other_stream_path() -> Middleware:
         return serve
 
     return middleware
+
+
+# -- further catalogue modules (registered with `defect` above) ---------------------------------------------------
+
+from . import defects_outcomes  # noqa: E402, F401

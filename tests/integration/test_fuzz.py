@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from conformance.fuzz import FUZZ_CHECKS, MAX_FUZZ_TOKENS, run_fuzz
+from conformance.fuzz import FUZZ_CHECKS, run_fuzz
 from conformance.model import CheckResult
 
 pytestmark = pytest.mark.slow
@@ -24,10 +25,13 @@ pytestmark = pytest.mark.slow
 _URL = re.compile(r"on (http://[0-9.]+:[0-9]+)")
 
 
-def _start_worker(*args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python -m workers ARGS --port 0`` and read its URL from the banner."""
+SERVE = Path(__file__).resolve().parents[1] / "broken_workers" / "serve.py"
+
+
+def _start_worker(*args: str, command: tuple[str, ...] = ("-m", "workers")) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m workers ARGS --port 0`` (or another ``command``) and read its URL from the banner."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "workers", *args, "--port", "0"],
+        [sys.executable, *command, *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -227,7 +231,13 @@ def test_mock_worker_is_clean(mock_url: str) -> None:
     assert "across 4 operations" in by_id["DC-FUZZ-002"].message
     assert "stream" in by_id["DC-FUZZ-003"].message  # a link was followed to the stream
     assert progress
-    assert elapsed < 30, f"fuzzing the mock took {elapsed:.1f} s"
+    # A bound, not a speed figure (see run_fuzz): the boundary run (at most 120 s), the soft budget
+    # (30 s + 2 s per example), the reads' grace (15 s plus one read) and the cleanup (5 s).
+    assert elapsed < 120 + 30 + 2 * 10 + 15 + 10 + 5, f"fuzzing the mock took {elapsed:.1f} s"
+    boundary = re.search(r"\((\d+) deterministic boundary cases", by_id["DC-FUZZ-001"].message)
+    assert boundary and int(boundary.group(1)) >= 50, by_id["DC-FUZZ-001"].message
+    read = re.match(r"(\d+) jobs accepted for valid bodies read to their end \((.*)\)", by_id["DC-FUZZ-004"].message)
+    assert read and int(read.group(1)) >= 20 and "boundary" in read.group(2), by_id["DC-FUZZ-004"].message
 
 
 def test_token_is_sent_and_masked() -> None:
@@ -276,12 +286,27 @@ def test_broken_worker_5xx_is_found(broken_url: str) -> None:
     assert curl.startswith("curl ") and "-X POST" in curl and f"{broken_url}/v1/inference" in curl
     assert "max_tokens" in curl
     assert "Traceback" in posts[0].body_excerpt
-    # generated max_tokens stay small: the 500s come from the clamped values 11..16
+    # the deterministic boundary cases find it first, with their max_tokens unclamped (4095 is valid)
     sent = [json.loads(exchange.request_body or "{}") for exchange in posts]
-    assert any(10 < body.get("max_tokens", 0) <= MAX_FUZZ_TOKENS for body in sent if isinstance(body, dict)), sent
+    assert any(10 < body.get("max_tokens", 0) <= 4096 for body in sent if isinstance(body, dict)), sent
+    assert any("boundary case: " in detail for detail in submit.details), submit.details
     # the stream's bad token event is caught by itemSchema validation while following the stream link
     stateful = by_id["DC-FUZZ-003"]
     assert stateful.outcome == "failed"
     assert any("response_schema_conformance" in detail and "/stream" in detail for detail in stateful.details), (
         stateful.details
     )
+
+
+def test_worker_rejecting_max_tokens_above_its_cap_is_not_failed() -> None:
+    """DC-1.1: between the advertised cap and 4096 a worker may clamp (the mock) or reject with 422 (this variant)."""
+    process, url = _start_worker(
+        "rejects-max-tokens-above-cap", "--token-delay-ms", "0", "--max-tokens-cap", "8", command=(str(SERVE),)
+    )
+    try:
+        results = run_fuzz(url, max_examples=5)
+    finally:
+        _stop(process)
+    by_id = _by_id(results)
+    assert by_id["DC-FUZZ-001"].outcome == "passed", _explain(results)
+    assert by_id["DC-FUZZ-004"].outcome == "passed", _explain(results)

@@ -108,6 +108,26 @@ def test_deterministic_across_processes() -> None:
     assert outputs[0] == in_process
 
 
+# -- every parameter the contract allows (DC-1.1, DC-2.15) -------------------------------------------------------
+
+#: 0 < temperature <= 100 (0 is greedy); the smallest ones once overflowed ``(1 + rank) ** (1 / t)``
+BOUNDARY_TEMPERATURES = (5e-324, 1e-300, 1e-6, 1e-3, 0.002, 0.0049, 0.5, 1.0, 99.0, 100.0)
+
+
+@pytest.mark.parametrize("temperature", BOUNDARY_TEMPERATURES)
+@pytest.mark.parametrize("top_p", [5e-324, 0.5, 1.0])
+@pytest.mark.parametrize("top_k", [0, 1, 100_000])
+@pytest.mark.parametrize("seed", [None, 0, 2**63 - 1])
+def test_boundary_sampling_parameters_generate(temperature: float, top_p: float, top_k: int, seed: int | None) -> None:
+    """Every valid combination runs to max_tokens, deterministically per seed; none raises."""
+    req = request(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=12)
+    chunks = run(MockEngine(), req)
+    assert chunks[-1].stop_reason == "max_tokens"
+    assert sum(chunk.tokens for chunk in chunks) == 12
+    assert all(text in VOCABULARY for text in texts(chunks))
+    assert texts(chunks) == MockEngine().tokens(req) == MockEngine().tokens(req)
+
+
 # -- limits -----------------------------------------------------------------------------------
 
 

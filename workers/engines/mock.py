@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 from collections.abc import AsyncGenerator
 from typing import Final
@@ -52,6 +53,8 @@ VOCABULARY: Final[tuple[str, ...]] = (
     "{}",
 )
 _MOCK_MODEL: Final = "mock-tricky-v1"
+#: below this temperature sampling is as sharp as at this temperature (and still not greedy)
+_MIN_TEMPERATURE: Final = 1e-3
 
 
 def _seed_for(request: GenerationRequest) -> int:
@@ -75,8 +78,17 @@ def _next_token(rng: random.Random, request: GenerationRequest) -> str:
     candidates = ranking[: request.top_k] if request.top_k else ranking
     if request.top_p < 1:
         candidates = candidates[: max(1, round(len(candidates) * request.top_p))]
-    weights = [1.0 / (1 + rank) ** (1 / max(request.temperature, 1e-3)) for rank in range(len(candidates))]
-    return VOCABULARY[rng.choices(candidates, weights=weights)[0]]
+    return VOCABULARY[rng.choices(candidates, weights=_weights(len(candidates), request.temperature))[0]]
+
+
+def _weights(count: int, temperature: float) -> list[float]:
+    """Sampling weights ``(1 + rank) ** (-1 / temperature)`` for ranks ``0 .. count - 1``.
+
+    Computed in log space: the power itself overflows a float for small temperatures (33 ** 1000),
+    while its reciprocal only underflows to 0. Rank 0 always weighs 1, so the total is never 0.
+    """
+    exponent = 1 / max(temperature, _MIN_TEMPERATURE)
+    return [math.exp(-exponent * math.log1p(rank)) for rank in range(count)]
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
