@@ -39,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_non_negative_int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
     net.add_argument("--access-log", action="store_true", help="log every request")
+    web = common.add_argument_group("browser")
+    web.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN (e.g. http://localhost:3000; repeatable); CORS is off by default",
+    )
+    web.add_argument(
+        "--docs-cdn",
+        action="store_true",
+        help="/docs loads its renderer from a pinned CDN URL with SRI instead of the worker's own copy",
+    )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
     core.add_argument(
@@ -105,6 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
+        cors_origins=tuple(args.cors_origin),
+        docs_cdn=args.docs_cdn,
     )
 
 

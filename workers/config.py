@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
+
+#: an origin as browsers send it: scheme://host[:port], no path, no trailing slash
+_ORIGIN: Final = re.compile(r"^https?://[^/?#\s@]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,10 @@ class WorkerSettings:
     max_tokens_cap: int = 4096
     #: Retry-After seconds sent with 503 when the queue is full
     retry_after_s: int = 1
+    #: browser origins allowed by CORS; empty (the default) sends no Access-Control-* header
+    cors_origins: tuple[str, ...] = ()
+    #: /docs loads its renderer from a pinned CDN URL with SRI instead of the worker's own copy
+    docs_cdn: bool = False
 
     def __post_init__(self) -> None:
         if self.job_ttl_s <= 0:
@@ -35,3 +44,6 @@ class WorkerSettings:
             raise ValueError("default max_tokens must be between 1 and the cap")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth token must not be empty")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"--cors-origin must look like http://host:port (no path), got {origin!r}")
