@@ -80,7 +80,7 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._closed = True
-        self.listener.close()
+        _shutdown(self.listener)  # shutdown, not just close, wakes the thread blocked in accept()
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
