@@ -429,3 +429,12 @@ def test_pyproject_has_the_browser_test_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
     assert any(dep.startswith("playwright") for deps in extras.values() for dep in deps)
+
+
+def test_browser_snippet_in_docs_is_the_spec_one() -> None:
+    spec_snippets = [b.text for b in fenced_blocks(ROOT / "openapi" / "SPEC.md") if b.language == "js"]
+    doc_snippets = [b.text for b in fenced_blocks(ROOT / "docs" / "contract.md") if b.language == "js"]
+    assert spec_snippets and doc_snippets == spec_snippets
+    playground = (ROOT / "workers" / "static" / "playground.html").read_text(encoding="utf-8")
+    for idiom in ("e instanceof MessageEvent", "readyState === EventSource.CLOSED", 'e.data === "[DONE]"'):
+        assert idiom in spec_snippets[0] and idiom in playground, idiom
