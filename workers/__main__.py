@@ -118,8 +118,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
-        cors_origins=tuple(args.cors_origin),
-        docs_cdn=args.docs_cdn,
+        # getattr: other front ends (tests/broken_workers/serve.py) build their own parsers
+        cors_origins=tuple(getattr(args, "cors_origin", None) or ()),
+        docs_cdn=getattr(args, "docs_cdn", False),
     )
 
 
