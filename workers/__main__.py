@@ -90,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="text lines or one JSON object per line (default: text)",
     )
+    web = common.add_argument_group("browser")
+    web.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN (e.g. http://localhost:3000; repeatable); CORS is off by default",
+    )
+    web.add_argument(
+        "--docs-cdn",
+        action="store_true",
+        help="/docs loads its renderer from a pinned CDN URL with SRI instead of the worker's own copy",
+    )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
     core.add_argument(
@@ -174,6 +187,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
         registry_url=getattr(args, "registry", None),  # parsers that predate --registry lack it
+        # getattr: other front ends (tests/broken_workers/serve.py) build their own parsers
+        cors_origins=tuple(getattr(args, "cors_origin", None) or ()),
+        docs_cdn=getattr(args, "docs_cdn", False),
     )
 
 

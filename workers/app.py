@@ -20,7 +20,7 @@ from litestar.response import Stream
 from litestar.types import Message, Scope
 
 import openapi
-from workers import sse
+from workers import sse, web
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, GenerationRequest
 from workers.logs import bind_job
@@ -280,24 +280,6 @@ async def openapi_json() -> dict[str, Any]:
     return openapi.load_document()  # parsed once, in create_app
 
 
-_DOCS_PAGE: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dualcall worker API</title></head>
-<body>
-<h1>dualcall worker &mdash; contract {version}</h1>
-<p>Machine-readable contract: <a href="/openapi.json">/openapi.json</a> &middot;
-<a href="/openapi.yaml">/openapi.yaml</a>. Health: <a href="/health">/health</a>.</p>
-<div id="app"></div>
-<script id="api-reference" data-url="/openapi.json"></script>
-<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
-</body></html>
-"""
-
-
-@get("/docs", media_type="text/html")
-async def docs() -> str:
-    return _DOCS_PAGE.format(version=openapi.contract_version())
-
-
 # -- factory -----------------------------------------------------------------------------------
 
 
@@ -316,7 +298,10 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         await engine.close()
 
     app = Litestar(
-        route_handlers=[submit, stream, job_options, status, cancel, health, metrics, openapi_yaml, openapi_json, docs],
+        route_handlers=[
+            *(submit, stream, job_options, status, cancel, health, metrics, openapi_yaml, openapi_json),
+            *web.ROUTES,
+        ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={HTTPException: handle_http_exception, Exception: handle_unexpected},
@@ -324,12 +309,14 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         before_request=_bind_job_from_path,
         logging_config=None,  # the process owns logging (workers.logs), not the app factory
         request_max_body_size=settings.max_body_bytes,
+        cors_config=web.cors_config(settings.cors_origins),
         openapi_config=None,
         debug=False,
     )
     # read the contract once, here: no file I/O on the event loop while serving
     openapi.load_document()
     app.state.contract_yaml = openapi.DOCUMENT_PATH.read_bytes()
+    app.state.pages = web.load_pages(docs_cdn=settings.docs_cdn)
     app.state.registry = registry
     app.state.settings = settings
     return app

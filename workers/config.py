@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
+
+#: an origin as browsers send it: scheme://host[:port], no path, no trailing slash
+_ORIGIN: Final = re.compile(r"^https?://[^/?#\s@]+$")
 
 #: URL schemes `--registry` accepts (redis-py's own)
 REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -28,6 +33,10 @@ class WorkerSettings:
     retry_after_s: int = 1
     #: where jobs live: None keeps them in this process; ``redis://host:port/db`` shares them with a pool
     registry_url: str | None = None
+    #: browser origins allowed by CORS; empty (the default) sends no Access-Control-* header
+    cors_origins: tuple[str, ...] = ()
+    #: /docs loads its renderer from a pinned CDN URL with SRI instead of the worker's own copy
+    docs_cdn: bool = False
 
     def __post_init__(self) -> None:
         if self.job_ttl_s <= 0:
@@ -42,3 +51,6 @@ class WorkerSettings:
             raise ValueError("auth token must not be empty")
         if self.registry_url is not None and not self.registry_url.startswith(REGISTRY_SCHEMES):
             raise ValueError(f"registry must be a {'/'.join(REGISTRY_SCHEMES)} URL, got {self.registry_url!r}")
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"--cors-origin must look like http://host:port (no path), got {origin!r}")

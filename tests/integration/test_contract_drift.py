@@ -24,10 +24,11 @@ from workers import schemas
 from workers.app import create_app
 from workers.engines.mock import MockEngine
 from workers.problems import Problem
+from workers.web import DOCS_ASSET_PATH
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace", "query"}
 #: served for people and tools, deliberately not operations of the contract
-UNDOCUMENTED_OK = {"/openapi.json", "/openapi.yaml", "/docs"}
+UNDOCUMENTED_OK = {"/openapi.json", "/openapi.yaml", "/docs", "/", "/playground", DOCS_ASSET_PATH}
 #: keywords that constrain a value; `default`, `title`, `description` do not
 CONSTRAINTS = {
     "type",
