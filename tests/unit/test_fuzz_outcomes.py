@@ -45,7 +45,11 @@ def test_runtime_limit_codes_match_the_spec() -> None:
     text = SPEC_PATH.read_text(encoding="utf-8")
     section = text[text.index("### DC-2.15") : text.index("## DC-3")]
     listed = set(re.findall(r"^- `([a-z_]+)`", section, re.MULTILINE))
-    assert listed == runtime_limit_codes() == {"context_length_exceeded", "shutdown", "worker_lost"}
+    assert (
+        listed
+        == runtime_limit_codes()
+        == {"context_length_exceeded", "shutdown", "worker_lost", "registry_unavailable"}
+    )
 
 
 # -- judging one stream ---------------------------------------------------------------------------------------
