@@ -110,6 +110,16 @@ def _decode_request(body: bytes) -> InferenceRequest:
         ) from None
     except msgspec.DecodeError as exc:
         raise ProblemException(400, "malformed-json", f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        # msgspec's decoder has a depth limit (the interpreter's recursion limit, ~1000 levels): a
+        # hostile `[[[[...` stops there at C speed, with no pre-scan that every body would pay for
+        raise ProblemException(
+            400, "json-too-deep", "The request body nests JSON too deeply to decode; requests are flat objects."
+        ) from None
+    except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for invalid UTF-8 inside a string
+        raise ProblemException(
+            400, "malformed-json", f"The request body is not valid UTF-8 JSON: bad byte at offset {exc.start}."
+        ) from None
 
 
 def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> GenerationRequest:
@@ -125,12 +135,16 @@ def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> Generati
     )
 
 
+_EVENT_ID_DIGITS: Final = 18
+
+
 def _parse_last_event_id(value: str | None) -> int | None:
     if value is None:
         return None
     if not value.isascii() or not value.isdigit():
         raise ProblemException(400, "invalid-last-event-id", "Last-Event-ID must be a non-negative integer event id.")
-    return int(value)
+    # past every event any job can have; int() refuses strings of over 4300 digits
+    return int(value) if len(value) <= _EVENT_ID_DIGITS else 10**_EVENT_ID_DIGITS
 
 
 # -- auth and headers ------------------------------------------------------------------------
