@@ -6,6 +6,7 @@ helpers put exactly the given bytes on the wire and parse what comes back (statu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from dataclasses import dataclass
@@ -80,10 +81,8 @@ def exchange(url: str, request: bytes, *, timeout_s: float = 10.0) -> RawRespons
     is then expected, so the answer is read whatever happened to the rest of our upload.
     """
     with socket.create_connection(address(url), timeout=timeout_s) as sock:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         data = bytearray()
         try:
             while chunk := sock.recv(65536):

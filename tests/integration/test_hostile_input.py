@@ -237,14 +237,13 @@ def test_oversized_uploads(worker: WorkerProcess) -> None:
     small = build(b"POST", SUBMIT, [AUTH, JSON], b'{"prompt":"a","max_tokens":1}', chunked=True)
     assert send(worker, small, "chunked, small").status == 202
     head = b"POST /v1/inference HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " + TOKEN
+    chunked = b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     for label, raw in {
         "negative content-length": head + b"\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n{}",
         "non-numeric content-length": head + b"\r\nContent-Type: application/json\r\nContent-Length: ab\r\n\r\n{}",
         "two content-lengths": head + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3"
         b"\r\n\r\n{}",
-        "bad chunk size": head
-        + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0"
-        b"\r\n\r\n",
+        "bad chunk size": head + chunked + b"zz\r\n{}\r\n0\r\n\r\n",
     }.items():
         assert 400 <= send(worker, raw, label).status < 500, label
 
@@ -445,6 +444,7 @@ def test_tally() -> None:
     """Runs last in this module: the figures docs/reliability.md reports."""
     print(
         f"\nhostile inputs tried: {TALLY.tried}; 5xx: {len(TALLY.server_errors)}; "
-        f"protocol-level refusals by uvicorn: {TALLY.protocol_refusals}; statuses: {dict(sorted(TALLY.by_status.items()))}"
+        f"protocol-level refusals by uvicorn: {TALLY.protocol_refusals}; "
+        f"statuses: {dict(sorted(TALLY.by_status.items()))}"
     )
     assert not TALLY.server_errors, TALLY.server_errors
