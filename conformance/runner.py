@@ -17,7 +17,7 @@ from conformance.fuzz import FUZZ_CHECKS, run_fuzz
 from conformance.model import CheckResult, CheckSpec, Level, Outcome, Report, Threshold
 from conformance.probe import Probe, TargetUnreachable
 
-AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "service")
+AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "robustness", "service")
 #: checks that sweep the evidence of all the others run last
 SWEEPS = ("DC-SVC-004", "DC-SVC-006")
 

@@ -52,6 +52,7 @@ AREAS: dict[str, str] = {
     "job": "Job resource (status, cancel)",
     "lifetime": "Lifetime (TTL, disconnects)",
     "service": "Service endpoints, errors, auth",
+    "robustness": "Robustness (hostile input)",
     "fuzz": "Fuzzing from the OpenAPI document",
 }
 
@@ -86,6 +87,6 @@ def check(
 
 def load_all() -> dict[str, Check]:
     """Import every check module (registration happens on import) and return the registry."""
-    from conformance.checks import jobs, legacy, lifetime, params, service, stream, submit  # noqa: F401
+    from conformance.checks import jobs, legacy, lifetime, params, robustness, service, stream, submit  # noqa: F401
 
     return REGISTRY

@@ -1278,3 +1278,6 @@ def _absolute_sse_url() -> Middleware:
 )
 def _path_relative_sse_url() -> Middleware:
     return _rewrite_sse_url(lambda scope, job_id, path: f"inference/{job_id}/stream")
+
+
+from . import defects_robustness  # noqa: E402, F401  (registers the DC-5.6 broken workers)

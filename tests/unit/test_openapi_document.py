@@ -52,7 +52,7 @@ EXPECTED_RULES = {
     "DC-2": ["MUST"] * 7 + ["SHOULD", "MUST", "MUST", "SHOULD", "MUST", "MUST", "SHOULD"],
     "DC-3": ["MUST"] * 4,
     "DC-4": ["MUST"] * 3,
-    "DC-5": ["MUST"] * 5,
+    "DC-5": ["MUST"] * 6,
 }
 RULE_ID = re.compile(r"DC-\d+\.\d+")
 RULE_HEADING = re.compile(r"^### (\S+) \((MUST|SHOULD|MAY)\) \S", re.MULTILINE)
