@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_non_negative_int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
     )
     net.add_argument("--access-log", action="store_true", help="log every request")
+    net.add_argument(
+        "--shutdown-timeout-s",
+        type=_positive_float,
+        default=5.0,
+        help="on SIGTERM/SIGINT, seconds open connections get to finish before they are closed (default: %(default)s)",
+    )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
     core.add_argument(
@@ -70,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--fail-after", type=int, default=None, metavar="N", help="simulate an engine failure after N tokens"
     )
+    mock.add_argument(
+        "--fail-prompt",
+        default=None,
+        metavar="TEXT",
+        help="with --fail-after: only jobs whose prompt contains TEXT fail (default: every job)",
+    )
     mock.add_argument("--concurrency", type=int, default=16, help="jobs generating at once (default: %(default)s)")
     legacy = sub.add_parser(
         "legacy", parents=[common], help="the legacy direct-SSE worker (negative control; fails conformance)"
@@ -88,6 +100,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         return MockEngine(
             token_delay_s=args.token_delay_ms / 1000,
             fail_after_tokens=args.fail_after,
+            fail_prompt=args.fail_prompt,
             max_concurrency=args.concurrency,
         )
     from workers.engines.exllamav2 import ExLlamaV2Engine
@@ -130,7 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"dualcall LEGACY direct-SSE worker (negative control) on {url} — "
             f"POST {url}/v1/inference answers with the stream itself"
         )
-        server.serve(create_legacy_app(args.token_delay_ms / 1000), sock, banner=banner, access_log=args.access_log)
+        server.serve(
+            create_legacy_app(args.token_delay_ms / 1000),
+            sock,
+            banner=banner,
+            access_log=args.access_log,
+            shutdown_timeout_s=args.shutdown_timeout_s,
+        )
         return 0
     engine = _engine(args)
     if args.engine == "exllamav2":
@@ -151,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dualcall {engine.name} worker ({engine.model}) on {url} — docs {url}/docs, health {url}/health, "
         f"job TTL {settings.job_ttl_s:g}s, auth {auth}. Ctrl-C to stop."
     )
-    server.serve(app, sock, banner=banner, access_log=args.access_log)
+    server.serve(app, sock, banner=banner, access_log=args.access_log, shutdown_timeout_s=args.shutdown_timeout_s)
     return 0
 
 

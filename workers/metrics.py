@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,8 +28,17 @@ def render_metrics(registry: JobRegistry) -> str:
         "dualcall_jobs_active": (registry.active, "Jobs generating now."),
         "dualcall_jobs_queued": (registry.queued, "Jobs waiting for a generation slot."),
         "dualcall_jobs_retained": (len(registry), "Jobs held for streaming or replay."),
+        "dualcall_stream_readers_open": (registry.open_readers, "Stream readers attached now."),
+        "dualcall_event_loop_tasks": (_tasks(), "asyncio tasks alive (jobs, connections, sweeper): a leak grows it."),
         "dualcall_engine_up": (int(registry.engine.health().ok), "1 while the engine can serve."),
     }
     for metric, (value, help_text) in gauges.items():
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge", f"{metric} {value}"]
     return "\n".join(lines) + "\n"
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop: rendered outside the server
+        return 0
