@@ -128,6 +128,7 @@ def test_disconnect_storm_leaks_nothing() -> None:
         submit(client, worker, prompt="warm-up", max_tokens=2)
         wait_until(lambda: metrics(worker)["dualcall_jobs_retained"] == 0, 10, "warm-up job reclaimed")
         baseline_tasks = metrics(worker)["dualcall_event_loop_tasks"]
+        rss_before = rss_kib(worker)
         urls = [submit(client, worker, prompt=f"storm {n}", max_tokens=300)["sse_url"] for n in range(jobs)]
 
         async def drop(url: str) -> int:
@@ -169,6 +170,7 @@ def test_disconnect_storm_leaks_nothing() -> None:
         # all jobs end and are reclaimed: no registry entry, no task left behind
         wait_until(lambda: metrics(worker)["dualcall_jobs_retained"] == 0, 30, "every job reclaimed")
         final = metrics(worker)
+        rss_after = rss_kib(worker)
         health = client.get(worker.url + "/health").json()
         assert health["queue"] == {"active": 0, "queued": 0, "limit": 1024}
         assert final["dualcall_jobs_completed_total"] == jobs + 8 + 1
@@ -178,7 +180,8 @@ def test_disconnect_storm_leaks_nothing() -> None:
         print(
             f"\ndisconnect storm: {readers} readers dropped mid-stream over {jobs} jobs in {storm_s:.1f}s "
             f"({sum(received) / 1e6:.1f} MB read before dropping); readers open after: 0; "
-            f"tasks {baseline_tasks} before, {metrics(worker)['dualcall_event_loop_tasks']} after; jobs retained: 0"
+            f"tasks {baseline_tasks} before, {metrics(worker)['dualcall_event_loop_tasks']} after; jobs retained: 0; "
+            f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB"
         )
     assert "Traceback" not in worker.stderr, worker.stderr[-3000:]
 
