@@ -256,6 +256,9 @@ def test_job_ids_overlong_and_percent_encoded(worker: WorkerProcess) -> None:
     ids = [
         b"a" * 22,
         b"a" * 4000,
+        b"a" * 100_000,
+        b"a\x00b",
+        b"a b",
         b"%2F",
         b"%2F..%2F..%2Fhealth",
         b"..",
