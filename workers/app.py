@@ -185,7 +185,7 @@ def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
 
 
 def method_not_allowed(request: Request[Any, Any, Any], exc: MethodNotAllowedException) -> Response[Any]:
-    """HEAD, PUT... on a job route without the token answer 401, not 405: auth comes before routing news."""
+    """HEAD, PUT... on a job route without the token answer 401, not 405: no routing news before auth."""
     return handle_http_exception(request, _unauthorized(request) or exc)
 
 
