@@ -19,7 +19,7 @@ from conformance.fuzz import FUZZ_CHECKS, run_fuzz
 from conformance.model import CheckResult, CheckSpec, Level, Outcome, Report, Threshold
 from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusable
 
-AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "service")
+AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "robustness", "service")
 #: checks that sweep the evidence of all the others run last
 SWEEPS = ("DC-STREAM-014", "DC-SVC-004", "DC-SVC-006")
 

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="/docs loads its renderer from a pinned CDN URL with SRI instead of the worker's own copy",
     )
+    net.add_argument(
+        "--shutdown-timeout-s",
+        type=_positive_float,
+        default=5.0,
+        help="on SIGTERM/SIGINT, seconds open connections get to finish before they are closed (default: %(default)s)",
+    )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
     core.add_argument(
@@ -148,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--concurrency", type=_positive_int, default=16, help="jobs generating at once (default: %(default)s)"
     )
+    mock.add_argument(
+        "--fail-prompt",
+        default=None,
+        metavar="TEXT",
+        help="with --fail-after: only jobs whose prompt contains TEXT fail (default: every job)",
+    )
     legacy = sub.add_parser(
         "legacy", parents=[common], help="the legacy direct-SSE worker (negative control; fails conformance)"
     )
@@ -169,6 +181,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         return MockEngine(
             token_delay_s=args.token_delay_ms / 1000,
             fail_after_tokens=args.fail_after,
+            fail_prompt=args.fail_prompt,
             max_concurrency=args.concurrency,
         )
     from workers.engines.exllamav2 import ExLlamaV2Engine
@@ -225,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             banner=banner,
             access_log=args.access_log,
             log_config=logging_setup,
+            shutdown_timeout_s=args.shutdown_timeout_s,
         )
         return 0
     engine = _engine(args)
@@ -252,7 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dualcall {engine.name} worker ({engine.model}) on {url} — docs {url}/docs, health {url}/health, "
         f"job TTL {settings.job_ttl_s:g}s, auth {auth}. Ctrl-C to stop."
     )
-    server.serve(app, sock, banner=banner, access_log=args.access_log, log_config=logging_setup)
+    server.serve(
+        app,
+        sock,
+        banner=banner,
+        access_log=args.access_log,
+        log_config=logging_setup,
+        shutdown_timeout_s=args.shutdown_timeout_s,
+    )
     return 0
 
 

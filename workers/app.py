@@ -13,7 +13,7 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, post, route
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -113,6 +113,16 @@ def _decode_request(body: bytes) -> InferenceRequest:
         ) from None
     except msgspec.DecodeError as exc:
         raise ProblemException(400, "malformed-json", f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        # msgspec's decoder has a depth limit (the interpreter's recursion limit, ~1000 levels): a
+        # hostile `[[[[...` stops there at C speed, with no pre-scan that every body would pay for
+        raise ProblemException(
+            400, "json-too-deep", "The request body nests JSON too deeply to decode; requests are flat objects."
+        ) from None
+    except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for invalid UTF-8 inside a string
+        raise ProblemException(
+            400, "malformed-json", f"The request body is not valid UTF-8 JSON: bad byte at offset {exc.start}."
+        ) from None
 
 
 def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> GenerationRequest:
@@ -128,29 +138,58 @@ def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> Generati
     )
 
 
+_EVENT_ID_DIGITS: Final = 18
+
+
 def _parse_last_event_id(value: str | None) -> int | None:
     if value is None:
         return None
     if not value.isascii() or not value.isdigit():
         raise ProblemException(400, "invalid-last-event-id", "Last-Event-ID must be a non-negative integer event id.")
-    return int(value)
+    # past every event any job can have; int() refuses strings of over 4300 digits
+    return int(value) if len(value) <= _EVENT_ID_DIGITS else 10**_EVENT_ID_DIGITS
 
 
 # -- auth and headers ------------------------------------------------------------------------
 
 
-def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def _is_job_route(path: str) -> bool:
+    return path == SUBMIT_PATH or path.startswith(SUBMIT_PATH + "/")
+
+
+def _unauthorized(connection: ASGIConnection[Any, Any, Any, Any]) -> ProblemException | None:
+    """The 401 to answer, or None: auth is off, the path is no job route, or the token matches.
+
+    A CORS preflight (OPTIONS with Access-Control-Request-Method) never carries credentials (Fetch
+    standard), so it is not asked for them.
+    """
     settings: WorkerSettings = connection.app.state.settings
-    if settings.auth_token is None:
-        return
+    if settings.auth_token is None or not _is_job_route(connection.scope["path"]):
+        return None
+    method = connection.scope.get("method")  # absent on websocket scopes
+    if method == "OPTIONS" and "access-control-request-method" in connection.headers:
+        return None
     scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.auth_token.encode()):
-        raise ProblemException(
-            401,
-            "unauthorized",
-            "This worker requires `Authorization: Bearer <token>` on job routes.",
-            headers={"WWW-Authenticate": 'Bearer realm="dualcall"'},
-        )
+    # constant time: the comparison must not reveal how much of a guessed token is right
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.auth_token.encode()):
+        return None
+    return ProblemException(
+        401,
+        "unauthorized",
+        "This worker requires `Authorization: Bearer <token>` on job routes.",
+        headers={"WWW-Authenticate": 'Bearer realm="dualcall"'},
+    )
+
+
+def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """App-wide guard: every handler of a job route, Litestar's implicit OPTIONS ones included."""
+    if (problem := _unauthorized(connection)) is not None:
+        raise problem
+
+
+def method_not_allowed(request: Request[Any, Any, Any], exc: MethodNotAllowedException) -> Response[Any]:
+    """HEAD, PUT... on a job route without the token answer 401, not 405: no routing news before auth."""
+    return handle_http_exception(request, _unauthorized(request) or exc)
 
 
 async def add_contract_header(message: Message, scope: Scope) -> None:
@@ -170,7 +209,7 @@ async def _bind_job_from_path(request: Request[Any, Any, Any]) -> None:
 # -- routes ------------------------------------------------------------------------------------
 
 
-@post(SUBMIT_PATH, guards=[require_bearer], status_code=202)
+@post(SUBMIT_PATH, status_code=202)
 async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
     media_type, _ = request.content_type
     if media_type != "application/json":
@@ -201,7 +240,7 @@ def _unknown(job_id: str) -> ProblemException:
     return ProblemException(404, "unknown-job", f"No job `{job_id}`: it never existed, was cancelled, or has expired.")
 
 
-@get(SUBMIT_PATH + "/{job_id:str}/stream", guards=[require_bearer])
+@get(SUBMIT_PATH + "/{job_id:str}/stream")
 async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
     try:
@@ -217,7 +256,7 @@ async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Resp
     )
 
 
-@get(SUBMIT_PATH + "/{job_id:str}", guards=[require_bearer])
+@get(SUBMIT_PATH + "/{job_id:str}")
 async def status(request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobStatus:
     try:
         return job_status(await _registry(request).get(job_id))
@@ -225,7 +264,7 @@ async def status(request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobS
         raise _unknown(job_id) from None
 
 
-@delete(SUBMIT_PATH + "/{job_id:str}", guards=[require_bearer], status_code=202)
+@delete(SUBMIT_PATH + "/{job_id:str}", status_code=202)
 async def cancel(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[JobStatus]:
     try:
         job = await _registry(request).cancel(job_id)
@@ -304,7 +343,12 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        exception_handlers={HTTPException: handle_http_exception, Exception: handle_unexpected},
+        exception_handlers={
+            MethodNotAllowedException: method_not_allowed,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        guards=[require_bearer],
         before_send=[add_contract_header],
         before_request=_bind_job_from_path,
         logging_config=None,  # the process owns logging (workers.logs), not the app factory

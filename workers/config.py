@@ -47,6 +47,8 @@ class WorkerSettings:
             raise ValueError("keep-alive interval must be positive")
         if not 1 <= self.default_max_tokens <= self.max_tokens_cap:
             raise ValueError("default max_tokens must be between 1 and the cap")
+        if self.max_body_bytes < 1:
+            raise ValueError("max body bytes must be positive")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth token must not be empty")
         if self.registry_url is not None and not self.registry_url.startswith(REGISTRY_SCHEMES):

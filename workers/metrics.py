@@ -9,6 +9,7 @@ event loop's one thread.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import time
@@ -78,7 +79,16 @@ class CountedRegistry(Protocol):
     def active(self) -> int: ...
     @property
     def queued(self) -> int: ...
+    @property
+    def open_readers(self) -> int: ...
     def __len__(self) -> int: ...
+
+
+def _tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop: rendered outside the server
+        return 0
 
 
 class _RegistryCollector(Collector):
@@ -96,6 +106,12 @@ class _RegistryCollector(Collector):
             ("dualcall_jobs_active", "Jobs generating now.", jobs.active),
             ("dualcall_jobs_queued", "Jobs waiting for a generation slot.", jobs.queued),
             ("dualcall_jobs_retained", "Jobs held for streaming or replay.", len(jobs)),
+            ("dualcall_stream_readers_open", "Stream readers attached now.", jobs.open_readers),
+            (
+                "dualcall_event_loop_tasks",
+                "asyncio tasks alive (jobs, connections, sweeper): a leak grows it.",
+                _tasks(),
+            ),
             ("dualcall_engine_up", "1 while the engine can serve.", int(jobs.engine.health().ok)),
         )
         for metric, help_text, gauge in gauges:

@@ -178,6 +178,11 @@ class JobRegistry:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def open_readers(self) -> int:
+        """Stream readers attached now, to retained jobs."""
+        return sum(job.readers for job in self._jobs.values())
+
     def __len__(self) -> int:
         return len(self._jobs)
 

@@ -66,6 +66,8 @@ class RegistryBackend(Protocol):
     def queued(self) -> int: ...
     @property
     def metrics(self) -> JobMetrics: ...
+    @property
+    def open_readers(self) -> int: ...
     def __len__(self) -> int: ...
 
     def start(self) -> None:
@@ -116,6 +118,10 @@ class InProcessBackend:
     @property
     def metrics(self) -> JobMetrics:
         return self.registry.metrics
+
+    @property
+    def open_readers(self) -> int:
+        return self.registry.open_readers
 
     def __len__(self) -> int:
         return len(self.registry)

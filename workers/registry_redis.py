@@ -237,6 +237,8 @@ class RedisRegistry:
             "stream_readers": 0,
             "jobs_lost_declared": 0,
         }
+        #: stream readers attached to this replica now
+        self.open_readers = 0
         #: counters and gauges of this replica; the latency histograms are the in-process registry's only
         self.metrics = JobMetrics(self)
 
@@ -402,6 +404,14 @@ class RedisRegistry:
     async def _follow(self, job_id: str, position: int) -> AsyncIterator[bytes]:
         """Replay then tail the log with XREAD BLOCK; between entries, check the owner's heartbeat."""
         self.counters["stream_readers"] += 1
+        self.open_readers += 1
+        try:
+            async for block in self._tail(job_id, position):
+                yield block
+        finally:
+            self.open_readers -= 1
+
+    async def _tail(self, job_id: str, position: int) -> AsyncIterator[bytes]:
         stream = events_key(job_id)
         block_ms = _ms(min(self.settings.keepalive_s, self.lost_after_s / 2))
         last_sent = time.monotonic()

@@ -62,12 +62,26 @@ def base_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(app: Litestar, sock: socket.socket, *, banner: str, access_log: bool = False, **extra: Any) -> None:
+#: seconds open connections get to finish after SIGTERM/SIGINT before uvicorn closes them
+DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def serve(
+    app: Litestar,
+    sock: socket.socket,
+    *,
+    banner: str,
+    access_log: bool = False,
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    **extra: Any,
+) -> None:
+    """Serve until SIGTERM/SIGINT. Shutdown: stop accepting, end open jobs with an ``error`` event
+    and ``[DONE]`` at once, give connections ``shutdown_timeout_s`` to drain, close the rest."""
     config = uvicorn.Config(
         app,
         log_level="info" if access_log else "warning",
         access_log=access_log,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=shutdown_timeout_s,  # type: ignore[arg-type]  # a float works; typed int
         lifespan="on",
         **extra,
     )

@@ -61,6 +61,7 @@ AREAS: dict[str, str] = {
     "job": "Job resource (status, cancel)",
     "lifetime": "Lifetime (TTL, disconnects)",
     "service": "Service endpoints, errors, auth",
+    "robustness": "Robustness (hostile input)",
     "fuzz": "Fuzzing from the OpenAPI document",
 }
 
@@ -95,6 +96,16 @@ def check(
 
 def load_all() -> dict[str, Check]:
     """Import every check module (registration happens on import) and return the registry."""
-    from conformance.checks import jobs, legacy, lifetime, outcomes, params, service, stream, submit  # noqa: F401
+    from conformance.checks import (  # noqa: F401
+        jobs,
+        legacy,
+        lifetime,
+        outcomes,
+        params,
+        robustness,
+        service,
+        stream,
+        submit,
+    )
 
     return REGISTRY

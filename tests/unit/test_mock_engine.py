@@ -232,6 +232,18 @@ def test_fail_after_raises_engine_error() -> None:
     assert len(got) == 3
 
 
+def test_fail_prompt_fails_only_matching_jobs() -> None:
+    engine = MockEngine(fail_after_tokens=2, fail_prompt="BOOM")
+
+    async def collect(prompt: str) -> list[Chunk]:
+        return [chunk async for chunk in engine.generate(request(prompt=prompt, max_tokens=6))]
+
+    with pytest.raises(EngineError):
+        asyncio.run(collect("say BOOM"))
+    chunks = asyncio.run(collect("calm"))
+    assert sum(chunk.tokens for chunk in chunks) == 6
+
+
 def test_health_follows_lifecycle() -> None:
     engine = MockEngine()
     asyncio.run(engine.start())

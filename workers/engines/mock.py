@@ -112,12 +112,15 @@ class MockEngine:
         *,
         token_delay_s: float = 0.0,
         fail_after_tokens: int | None = None,
+        fail_prompt: str | None = None,
         max_concurrency: int = 16,
     ) -> None:
         if token_delay_s < 0:
             raise ValueError("token delay must be >= 0")
         self.token_delay_s = token_delay_s
         self.fail_after_tokens = fail_after_tokens
+        #: with ``fail_after_tokens``: only prompts containing this text fail (one job fails, others run on)
+        self.fail_prompt = fail_prompt
         self.max_concurrency = max_concurrency
         self._healthy = True
 
@@ -135,6 +138,11 @@ class MockEngine:
         rng = random.Random(_seed_for(request))
         return [_next_token(rng, request) for _ in range(request.max_tokens)]
 
+    def _fails(self, request: GenerationRequest) -> bool:
+        if self.fail_after_tokens is None:
+            return False
+        return self.fail_prompt is None or self.fail_prompt in request.prompt
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         rng = random.Random(_seed_for(request))
         pending = ""
@@ -145,7 +153,7 @@ class MockEngine:
                 await asyncio.sleep(self.token_delay_s)
             else:
                 await asyncio.sleep(0)  # keeps cancellation prompt even with no delay
-            if self.fail_after_tokens is not None and produced > self.fail_after_tokens:
+            if self._fails(request) and produced > (self.fail_after_tokens or 0):
                 raise EngineError("simulated engine failure (--fail-after)", code="simulated_failure")
             pending += _next_token(rng, request)
             pending_tokens += 1
