@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
-from conformance.context import Context, Job
+from conformance.context import Context
 
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEX = set("0123456789abcdefABCDEF")
@@ -234,23 +235,49 @@ def sse_url_resolves(ctx: Context) -> str:
 
 #: submissions of each length compared by DC-SUBMIT-011
 HANDOFF_TRIALS = 3
-#: a POST of a long job this much slower than of a 1-token job (and over the ratio) is evidence of waiting
+#: the long job's generation (server clock) must take this much longer than the 1-token job's ...
 WAIT_EVIDENCE_MS = 50.0
-WAIT_EVIDENCE_RATIO = 3.0
+#: ... and its POST must grow by at least this share of that: the POST tracks the generation
+WAIT_TRACKING_SHARE = 0.5
+#: without the job's own timestamps, only a POST this much slower than a 1-token POST is evidence
+UNTIMED_EVIDENCE_MS = 1000.0
+UNTIMED_EVIDENCE_RATIO = 5.0
 
 
-def _timed_submit(ctx: Context, max_tokens: int, seed: int) -> tuple[float, str | None, Job]:
-    """POST latency in ms, and the job's state read straight after the 202 (None if unreadable)."""
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """One timed submission: POST latency, and the job as its status described it right after the 202."""
+
+    post_ms: float
+    state: str | None
+    #: finished_at - started_at by the worker's clock, when the status carries both
+    generation_ms: float | None
+
+
+def _timed_submit(ctx: Context, max_tokens: int, seed: int) -> Handoff:
     job = ctx.submit(ctx.body(max_tokens=max_tokens, temperature=0.7, seed=seed))
-    elapsed_ms = job.response.elapsed.total_seconds() * 1000
+    post_ms = job.response.elapsed.total_seconds() * 1000
+    body: Any = None
     try:
         response = ctx.probe.request("GET", job.status_url)
-        state = response.json().get("state") if response.status_code == 200 else None
-    except (ValueError, AttributeError):
-        state = None
+        body = response.json() if response.status_code == 200 else None
+    except ValueError:
+        pass
     finally:
         ctx.probe.request("DELETE", job.status_url)
-    return elapsed_ms, state if isinstance(state, str) else None, job
+    if not isinstance(body, dict):
+        return Handoff(post_ms, None, None)
+    state = body.get("state") if isinstance(body.get("state"), str) else None
+    return Handoff(post_ms, state, _span_ms(body.get("started_at"), body.get("finished_at")))
+
+
+def _span_ms(start: object, end: object) -> float | None:
+    try:
+        began = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (ended - began).total_seconds() * 1000 if start and end else None
 
 
 @check(
@@ -264,31 +291,42 @@ def answers_at_once(ctx: Context) -> str:
     """POST latency of the longest job against a 1-token job, and the long job's state right after the 202.
 
     A job still queued or running after its 202 proves the hand-off did not wait. Failing needs
-    the opposite evidence: the long job already finished every time, and its POST took clearly
-    longer than a 1-token POST — the POST grew with the generation. Anything between is unverified.
+    the opposite evidence: every long job had finished by then, generating it took measurably
+    longer than a 1-token job (by the worker's own timestamps), and the POST grew with it. A
+    noisy machine slows POSTs at random; only a POST that tracks the generation time is evidence.
     """
     cap = ctx.max_tokens_cap
-    short_ms: list[float] = []
-    long_ms: list[float] = []
+    pairs: list[tuple[Handoff, Handoff]] = []
     for trial in range(HANDOFF_TRIALS):
-        short, _, _ = _timed_submit(ctx, 1, seed=50 + trial)
-        elapsed, state, _ = _timed_submit(ctx, cap, seed=60 + trial)
-        short_ms.append(short)
-        long_ms.append(elapsed)
-        if state in ("queued", "running"):
-            return f"202 after {elapsed:.0f} ms while the {cap}-token job was still {state}"
-    short_p50, long_p50 = statistics.median(short_ms), statistics.median(long_ms)
-    measured = f"POST took {long_p50:.0f} ms (median) for a {cap}-token job, {short_p50:.0f} ms for a 1-token job"
-    if long_p50 - short_p50 >= WAIT_EVIDENCE_MS and long_p50 >= WAIT_EVIDENCE_RATIO * short_p50:
+        short = _timed_submit(ctx, 1, seed=50 + trial)
+        long = _timed_submit(ctx, cap, seed=60 + trial)
+        if long.state in ("queued", "running"):
+            return f"202 after {long.post_ms:.0f} ms while the {cap}-token job was still {long.state}"
+        pairs.append((short, long))
+    post_growth = statistics.median(long.post_ms - short.post_ms for short, long in pairs)
+    measured = (
+        f"POST took {statistics.median(long.post_ms for _, long in pairs):.0f} ms (median) for a {cap}-token job, "
+        f"{statistics.median(short.post_ms for short, _ in pairs):.0f} ms for a 1-token job"
+    )
+    spans = [(short.generation_ms, long.generation_ms) for short, long in pairs]
+    if all(a is not None and b is not None for a, b in spans):
+        generation_growth = statistics.median(b - a for a, b in spans if a is not None and b is not None)
+        measured += f"; generating it took {generation_growth:.0f} ms longer (the worker's timestamps)"
+        waited = generation_growth >= WAIT_EVIDENCE_MS and post_growth >= WAIT_TRACKING_SHARE * generation_growth
+    else:
+        short_p50 = statistics.median(short.post_ms for short, _ in pairs)
+        waited = post_growth >= UNTIMED_EVIDENCE_MS and post_growth >= UNTIMED_EVIDENCE_RATIO * short_p50
+    if waited:
         raise CheckFailed(
             f"the POST waited for generation: each {cap}-token job had already finished when its 202 arrived, "
-            "and the POST took as long as generating it",
+            "and the POST grew with the time spent generating",
             measured,
-            f"per trial: {', '.join(f'{x:.0f}' for x in long_ms)} ms vs {', '.join(f'{x:.0f}' for x in short_ms)} ms",
+            "per trial (long vs short POST): "
+            + ", ".join(f"{long.post_ms:.0f} vs {short.post_ms:.0f} ms" for short, long in pairs),
         )
     raise CheckUnverified(
-        f"each {cap}-token job had finished before its status could be read, yet its POST was no slower than a "
-        f"1-token one ({measured}): generation is too fast to tell whether the POST waits for it",
+        f"each {cap}-token job had finished before its status could be read, and its POST did not grow with its "
+        f"generation ({measured}): generation is too fast to tell whether the POST waits for it",
         "a worker whose longest job (max_tokens_cap) takes longer than an HTTP round-trip, e.g. a slower token rate",
     )
 

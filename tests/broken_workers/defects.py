@@ -300,6 +300,8 @@ def _ids_too_long() -> None:
     "submit-waits-for-generation",
     "POST answers 202 only after the whole generation has run (the hand-off is not 'at once')",
     caught_by=("DC-SUBMIT-011",),
+    # a TTL longer than a 512-token generation on a loaded machine: the waiting POST must find its job
+    worker_args=("--ttl-s", "30"),
 )
 def _submit_waits_for_generation() -> None:
     original = worker_app.submit.fn
