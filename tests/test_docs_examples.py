@@ -353,10 +353,10 @@ def test_only_the_listed_commands_are_not_run() -> None:
         if command.exclusion()
     }
     assert sorted(not_run) == [
-        ("README.md", 'pip install "dualcall @ git+<this repository>"'),
+        ("README.md", 'pip install "dualcall[conformance] @ git+<this repository>"'),
         ("README.md", "pip install tox && tox"),
         ("README.md", "pip install tox && tox -e conformance"),
-        ("quickstart.md", "pip install ."),
+        ("quickstart.md", "pip install '.[conformance]'"),
         ("quickstart.md", "python3 -m venv .venv && . .venv/bin/activate"),
     ], not_run
     assert all(not_run.values())
