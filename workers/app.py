@@ -135,7 +135,8 @@ def _parse_last_event_id(value: str | None) -> int | None:
 # -- auth and headers ------------------------------------------------------------------------
 
 
-def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Async on purpose: Litestar runs a sync guard in a worker thread, a thread hop on every job request."""
     settings: WorkerSettings = connection.app.state.settings
     if settings.auth_token is None:
         return
