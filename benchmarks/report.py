@@ -136,9 +136,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 "dual-call": [r["dual"]["p50"] for r in rows.values()],
                 "legacy": [r["legacy"]["p50"] for r in rows.values()],
             },
-            "ms",
+            "ms (log scale)",
             "hand-off: time to first token, p50",
         )
+        axes[0][0].set_yscale("log")
     if "live" in results:
         rows = results["live"]
         bars(
