@@ -15,8 +15,9 @@ import msgspec
 
 DONE: Final = b"data: [DONE]\n\n"
 KEEPALIVE: Final = b": keep-alive\n\n"
-#: Litestar appends ``; charset=utf-8`` to text media types itself
+#: Litestar appends ``; charset=utf-8`` to text media types itself; `EventStreamResponse` names it
 MEDIA_TYPE: Final = "text/event-stream"
+_CONTENT_TYPE: Final = (b"content-type", MEDIA_TYPE.encode() + b"; charset=utf-8")
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -48,7 +49,7 @@ class EventStreamResponse:
 
     def __init__(self, events: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
         self.events = events
-        self.headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *headers]
+        self.headers = [_CONTENT_TYPE, *headers]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -76,6 +77,5 @@ class EventStreamResponse:
             streaming.uncancel()
         finally:
             state["open"] = False
+            # not awaited: awaiting it here could swallow a cancellation meant for this task
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
