@@ -1,179 +1,218 @@
-"""``python -m benchmarks`` — SSE delivery throughput of the worker core, side by side in one run.
+"""``python -m benchmarks [--full]`` — the price of the second call, the worker against a bare floor.
 
-Measures, against the mock engine with no per-token delay (so the core, not the engine, is the
-bottleneck):
+Scenarios (each its subject and its baseline, interleaved trial by trial, in one run):
 
-* ``core``: events/s the registry publishes and one in-process reader consumes (no HTTP);
-* ``http-1``: events/s one HTTP reader receives over loopback, and time to first event;
-* ``http-8``: events/s summed over 8 concurrent HTTP readers of one job (replay fan-out);
-* ``soak``: many short jobs (half the readers drop mid-stream), then the TTL: retained jobs
-  must return to 0 and the worker's RSS must stay flat.
+* ``ceiling``: events/s one client process takes in when the server only writes bytes;
+* ``handoff``: time to first token (p50/p99) and jobs/s, dual-call vs the legacy direct-SSE worker,
+  both on the mock engine with no token delay, at 1, 8 and 64 concurrent clients;
+* ``live``: events/s of 1 and of 64 concurrent live streams, worker vs a bare-ASGI app that sends
+  the same events from the same engine (``benchmarks/baseline.py``);
+* ``replay``: events/s of 1..256 readers of one finished job, vs the bare app's pre-encoded body;
+* ``memory``: worker RSS per idle open stream (1,000 streams of queued jobs), vs bare idle streams;
+* ``suite``: wall time of ``conformance.runner.run`` against the mock.
 
-Ratios are computed within the same run, because absolute numbers on a shared 2-core
-machine are noisy. Results go to stdout and ``--json PATH``.
+Output: a Markdown table on stdout and in ``--out``/bench.md, JSON in bench.json, a plot in
+bench.png. The default is the quick mode sized for CI; ``--full`` runs more trials and more tokens.
+On a shared machine absolute numbers are noisy: read the ratios, measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
-import threading
+import os
+import platform
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conformance.sse import SSEParser
-from workers.config import WorkerSettings
-from workers.engines.base import GenerationRequest
-from workers.engines.mock import MockEngine
-from workers.registry import JobRegistry
-from workers.testing import WorkerProcess
+from benchmarks import loadgen, scenarios
+from benchmarks import servers as processes
+from benchmarks.report import markdown, plot
+from benchmarks.servers import BaselineProcess
 
-
-async def _core_once(tokens: int) -> tuple[float, int]:
-    registry = JobRegistry(MockEngine(), WorkerSettings(max_tokens_cap=tokens))
-    registry.start()
-    started = time.perf_counter()
-    job = registry.submit(GenerationRequest(prompt="benchmark", max_tokens=tokens, temperature=0))
-    events = 0
-    async for block in registry.open_stream(job.id, None):
-        events += block.count(b"\n\n")
-    elapsed = time.perf_counter() - started
-    await registry.close()
-    return elapsed, events
+SCENARIOS = ("ceiling", "handoff", "live", "replay", "memory", "suite")
+USAGE_ERROR = 2
 
 
-def core(tokens: int) -> tuple[float, int]:
-    return asyncio.run(_core_once(tokens))
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+        f"load average {load:.1f} at start"
+    )
 
 
-def http_read(url: str, sse_url: str, results: list[tuple[float, float, int]]) -> None:
-    parser = SSEParser()
-    events = 0
-    first: float | None = None
-    started = time.perf_counter()
-    with httpx.stream("GET", url + sse_url, timeout=60) as response:
-        for chunk in response.iter_raw():
-            new = parser.feed(chunk)
-            if new and first is None:
-                first = time.perf_counter() - started
-            events += len(new)
-    results.append((time.perf_counter() - started, first or 0.0, events))
+#: open files the memory scenario needs: 1,000 client sockets here, 1,000 accepted ones in the server
+_FILES_NEEDED = 4096
 
 
-def http_run(url: str, tokens: int, readers: int) -> tuple[float, float, int]:
-    submitted = httpx.post(
-        url + "/v1/inference", json={"prompt": "benchmark", "max_tokens": tokens, "temperature": 0}, timeout=30
-    ).json()
-    results: list[tuple[float, float, int]] = []
-    threads = [threading.Thread(target=http_read, args=(url, submitted["sse_url"], results)) for _ in range(readers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    wall = time.perf_counter() - started
-    return wall, statistics.median(first for _, first, _ in results), sum(events for _, _, events in results)
+def _raise_file_limit() -> None:
+    """Lift the soft limit on open files (servers started later inherit it); CI defaults to 1024."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FILES_NEEDED if hard == resource.RLIM_INFINITY else min(_FILES_NEEDED, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def _metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise LookupError(name)
+def _auto_clients() -> int:
+    """Client processes for the concurrent scenarios: one per two cores, at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", action="store_true", help="the full mode (more trials and tokens; minutes)")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})"
+    )
+    parser.add_argument("--trials", type=int, default=0, help="override the mode's trials per figure")
+    parser.add_argument("--clients", type=int, default=0, help="client processes for concurrent load (default: auto)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="directory for bench.json/.md/.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument("--soak", type=int, default=0, metavar="N", help="also run the soak with N jobs")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(SCENARIOS)
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if args.trials < 0 or args.clients < 0:
+        parser.error("--trials and --clients must be >= 0")
+    args.scenarios = chosen
+    return args
 
 
-def soak(jobs: int, ttl_s: float) -> dict[str, Any]:
-    """Many short jobs, half read to the end and half dropped after the first bytes; then the TTL.
-
-    Memory must come back to where it was: retained jobs go to 0 and RSS stays flat.
-    """
-    with WorkerProcess("mock", "--ttl-s", str(ttl_s), "--token-delay-ms", "0") as worker, httpx.Client() as client:
-        assert worker.proc is not None
-        body = {"prompt": "soak", "max_tokens": 64, "temperature": 0.5}
-
-        def wave(count: int) -> None:
-            for number in range(count):
-                sse_url = client.post(worker.url + "/v1/inference", json=body, timeout=10).json()["sse_url"]
-                with client.stream("GET", worker.url + sse_url, timeout=10) as response:
-                    for _ in response.iter_raw():
-                        if number % 2:
-                            break  # a reader that drops mid-stream
-
-        wave(200)  # warm-up: imports, caches, allocator arenas
-        time.sleep(ttl_s * 2 + 0.5)
-        before = _rss_kib(worker.proc.pid)
-        started = time.perf_counter()
-        wave(jobs)
-        elapsed = time.perf_counter() - started
-        peak_retained = _metric(worker.url, "dualcall_jobs_retained")
-        time.sleep(ttl_s * 2 + 0.5)
-        return {
-            "jobs": jobs,
-            "seconds": elapsed,
-            "jobs_per_s": jobs / elapsed,
-            "retained_at_end_of_load": peak_retained,
-            "retained_after_ttl": _metric(worker.url, "dualcall_jobs_retained"),
-            "rss_before_kib": before,
-            "rss_after_kib": _rss_kib(worker.proc.pid),
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    mode = scenarios.FULL if args.full else scenarios.QUICK
+    if args.trials:
+        mode = scenarios.Mode(**{**mode.__dict__, "trials": args.trials})
+    clients = args.clients or _auto_clients()
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": mode.name,
+            "trials": mode.trials,
+            "client_processes": clients,
+            "machine": _machine(),
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+    }
+    total = sum(
+        {
+            "ceiling": mode.trials,
+            "handoff": mode.trials * 2 * len(mode.handoff_jobs),
+            "live": mode.trials * 4,
+            "replay": mode.trials * 2 * len(mode.replay_readers),
+            "memory": mode.memory_trials * 2,
+            "suite": mode.suite_trials,
+        }[name]
+        for name in args.scenarios
+    )
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("starting servers", total=total)
 
+        def step(label: str) -> None:
+            progress.update(task, advance=1, description=label)
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=4096, help="tokens per job (default: 4096)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per scenario; the median is reported (default: 3)")
-    parser.add_argument("--soak", type=int, default=2000, metavar="N", help="jobs in the soak run; 0 skips it")
-    parser.add_argument("--json", type=Path, help="write the results as JSON")
-    args = parser.parse_args()
-
-    rows: dict[str, dict[str, Any]] = {}
-    core_runs = [core(args.tokens) for _ in range(args.repeats)]
-    core_s = statistics.median(elapsed for elapsed, _ in core_runs)
-    rows["core"] = {"events": core_runs[0][1], "seconds": core_s, "events_per_s": core_runs[0][1] / core_s}
-    with WorkerProcess("mock", "--max-tokens-cap", str(args.tokens), "--token-delay-ms", "0") as worker:
-        http_run(worker.url, 64, 1)  # warm-up
-        for label, readers in (("http-1", 1), ("http-8", 8)):
-            runs = [http_run(worker.url, args.tokens, readers) for _ in range(args.repeats)]
-            wall = statistics.median(run[0] for run in runs)
-            rows[label] = {
-                "events": runs[0][2],
-                "seconds": wall,
-                "events_per_s": runs[0][2] / wall,
-                "first_event_ms": statistics.median(run[1] for run in runs) * 1000,
-            }
-    print(f"SSE delivery, mock engine, {args.tokens} tokens per job, median of {args.repeats}")
-    print(f"{'scenario':<8} {'events':>7} {'seconds':>8} {'events/s':>10} {'vs core':>8} {'first event':>12}")
-    for label, row in rows.items():
-        ratio = row["events_per_s"] / rows["core"]["events_per_s"]
-        first = f"{row['first_event_ms']:.1f} ms" if "first_event_ms" in row else "-"
-        rate = row["events_per_s"]
-        print(f"{label:<8} {row['events']:>7} {row['seconds']:>8.3f} {rate:>10.0f} {ratio:>7.2f}x {first:>12}")
-    results: dict[str, Any] = {"delivery": rows}
+        needs_servers = {"ceiling", "handoff", "live", "replay"} & set(args.scenarios)
+        if needs_servers:
+            pool = loadgen.ClientPool(clients)
+            single = loadgen.ClientPool(1)
+            try:
+                with (
+                    scenarios.worker_for_load() as worker,
+                    BaselineProcess() as bare,
+                    processes.legacy() as legacy,
+                ):
+                    servers = scenarios.Servers(worker=worker, legacy=legacy, bare=bare)
+                    if "ceiling" in args.scenarios:
+                        results["ceiling"] = scenarios.ceiling(servers, single, mode, step)
+                    if "handoff" in args.scenarios:
+                        results["handoff"] = scenarios.handoff(servers, pool, mode, step)
+                    if "live" in args.scenarios:
+                        results["live"] = scenarios.live(servers, pool, single, mode, step)
+                    if "replay" in args.scenarios:
+                        results["replay"] = scenarios.replay(servers, pool, mode, step)
+            finally:
+                pool.close()
+                single.close()
+        if "memory" in args.scenarios:
+            results["memory"] = scenarios.memory(mode, step)
+        if "suite" in args.scenarios:
+            results["suite"] = scenarios.suite(mode, step)
     if args.soak:
-        result = soak(args.soak, ttl_s=1.0)
-        results["soak"] = result
-        growth = (result["rss_after_kib"] - result["rss_before_kib"]) / 1024
-        print(
-            f"\nsoak: {result['jobs']} jobs ({result['jobs_per_s']:.0f}/s, half the readers dropped mid-stream); "
-            f"jobs retained {result['retained_at_end_of_load']:.0f} -> {result['retained_after_ttl']:.0f} "
-            "after the TTL; "
-            f"RSS {result['rss_before_kib'] / 1024:.1f} -> {result['rss_after_kib'] / 1024:.1f} MiB ({growth:+.1f} MiB)"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        from benchmarks.soak import soak
+
+        console.print(f"soak: {args.soak} jobs …")
+        results["soak"] = soak(args.soak, ttl_s=1.0)
+    results["meta"]["seconds"] = time.perf_counter() - started
+    busy = [
+        stat["busy"]["max"]
+        for section in ("handoff", "live", "replay")
+        for row in _rows(results.get(section))
+        for stat in (row.get("dual", {}), row.get("bare", {}), row.get("legacy", {}))
+        if "busy" in stat
+    ]
+    if busy:
+        results["client_busy_max"] = max(busy)
+    return results
+
+
+def _rows(section: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not section:
+        return []
+    for key in ("by_concurrency", "by_readers"):
+        if key in section:
+            return list(section[key].values())
+    return list(section.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    console = Console(stderr=True)
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "benchmarks: the plot needs matplotlib: pip install 'dualcall[bench]' (or pass --no-plot)",
+                file=sys.stderr,
+            )
+            return USAGE_ERROR
+    _raise_file_limit()
+    results = run(args, console)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "bench.md").write_text(table)
+    print(table)
+    if not args.no_plot:
+        plot(results, args.out / "bench.png")
+    console.print(
+        f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'}"
+        + ("" if args.no_plot else f", {args.out / 'bench.png'}")
+        + f" in {results['meta']['seconds']:.0f} s"
+    )
     return 0
 
 

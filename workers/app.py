@@ -16,8 +16,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
-from litestar.response import Stream
-from litestar.types import Message, Scope
+from litestar.types import ASGIApp, Message, Scope
 
 import openapi
 from workers import sse, web
@@ -181,8 +180,11 @@ def _unauthorized(connection: ASGIConnection[Any, Any, Any, Any]) -> ProblemExce
     )
 
 
-def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """App-wide guard: every handler of a job route, Litestar's implicit OPTIONS ones included."""
+async def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """App-wide guard: every handler of a job route, Litestar's implicit OPTIONS ones included.
+
+    Async on purpose: Litestar runs a sync guard in a worker thread, a thread hop on every request.
+    """
     if (problem := _unauthorized(connection)) is not None:
         raise problem
 
@@ -240,20 +242,20 @@ def _unknown(job_id: str) -> ProblemException:
     return ProblemException(404, "unknown-job", f"No job `{job_id}`: it never existed, was cancelled, or has expired.")
 
 
+_STREAM_HEADERS: Final = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
 @get(SUBMIT_PATH + "/{job_id:str}/stream")
-async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
+async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> ASGIApp:
+    """Errors (401, 400, 404) are problem+json raised before the stream starts; the stream is raw ASGI."""
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
     try:
         events: AsyncIterator[bytes] = await _registry(request).open_stream(job_id, last_event_id)
     except UnknownJob:
         raise _unknown(job_id) from None
     except FinalEventDelivered:
-        return Response(content=None, status_code=204)
-    return Stream(
-        events,
-        media_type=sse.MEDIA_TYPE,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+        return Response(content=None, status_code=204)  # type: ignore[return-value]
+    return sse.EventStreamResponse(events, _STREAM_HEADERS)
 
 
 @get(SUBMIT_PATH + "/{job_id:str}")

@@ -21,12 +21,14 @@ from workers.config import WorkerSettings
 from workers.engines.base import Engine, EngineError, GenerationRequest, StopReason
 from workers.logs import bind_job
 from workers.metrics import JobMetrics
-from workers.schemas import EndData, ErrorInfo, JobState, StartedData, TokenData
+from workers.schemas import EndData, ErrorInfo, JobState, StartedData
 
 log = logging.getLogger("workers.registry")
 
 #: seconds a cancelled job's task gets to wind down before DELETE answers anyway
 CANCEL_GRACE_S = 5.0
+#: a timer may fire a hair before its deadline by the loop's clock; treat that as due
+_CLOCK_SLACK_S = 0.001
 
 
 class UnknownJob(LookupError):
@@ -65,7 +67,8 @@ class Job:
     #: set before cancelling the task: "shutdown" ends readers with an error event
     cancel_reason: str = "cancelled"
     _token_events: int = 0
-    _waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    #: one future per job that every waiting reader awaits; replaced after each publish
+    _wake: asyncio.Future[None] | None = None
     _created_mono: float = field(default_factory=time.monotonic)
     _finished_mono: float | None = None
 
@@ -80,17 +83,21 @@ class Job:
 
     def _publish(self, block: bytes) -> None:
         self.events.append(block)
-        if self._waiters:
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._waiters.clear()
+        self.wake_readers()
+
+    def wake_readers(self) -> None:
+        """Resume every reader waiting in `wait_for_events` / `wait` (one future per job, not per reader)."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
 
     def emit(self, event: str, payload: object) -> None:
         self._publish(sse.encode_event(len(self.events) + 1, event, payload))
 
     def emit_token(self, text: str) -> None:
-        self.emit("token", TokenData(index=self._token_events, text=text))
+        self._publish(sse.encode_token(len(self.events) + 1, self._token_events, text))
         self._token_events += 1
 
     def finish(self, state: JobState, *, stop_reason: StopReason | None = None, error: ErrorInfo | None = None) -> None:
@@ -108,18 +115,36 @@ class Job:
             self.emit("end", EndData(tokens_out=self.tokens_out, stop_reason=stop_reason))
         self._publish(sse.DONE)
 
+    async def wait(self) -> None:
+        """Wait until the next publish (or `wake_readers`); may return early, so callers re-check.
+
+        All readers of a job await the same future, so a publish costs one future however many
+        readers wait. A reader whose own task is cancelled (timeout, disconnect) cancels that shared
+        future too; the other readers then see a CancelledError that is not theirs (their task has
+        no cancellation pending) and return as if woken.
+        """
+        wake = self._wake
+        if wake is None:
+            wake = self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await wake
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            if self._wake is wake:
+                self._wake = None
+
     async def wait_for_events(self, wait_s: float) -> bool:
         """Wait until a new event is published; False on timeout."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
+        known = len(self.events)
         try:
             async with asyncio.timeout(wait_s):
-                await waiter
+                while len(self.events) == known and not self.finished:
+                    await self.wait()
             return True
         except TimeoutError:
             return False
-        finally:
-            self._waiters.discard(waiter)
 
 
 class JobRegistry:
@@ -251,20 +276,49 @@ class JobRegistry:
         return self._follow(job, min(after, len(job.events)))
 
     async def _follow(self, job: Job, position: int) -> AsyncIterator[bytes]:
+        """Everything from ``position`` on, as it is published; a keep-alive comment when idle.
+
+        What is already in the log goes out in one write (replay is a slice of pre-encoded events);
+        a new event is yielded in the loop iteration that published it. The reader holds only its
+        position in the shared log. Keep-alive needs no timer per wait: one timer per reader fires
+        at most once per interval and re-arms itself while events keep flowing.
+        """
+        loop = asyncio.get_running_loop()
+        keepalive_s = self.settings.keepalive_s
+        idle_since = loop.time()
+        timer: asyncio.TimerHandle | None = None
+
+        def keepalive_due() -> None:
+            nonlocal timer
+            due = idle_since + keepalive_s
+            if loop.time() + _CLOCK_SLACK_S >= due:
+                timer = None
+                job.wake_readers()
+            else:
+                timer = loop.call_at(due, keepalive_due)
+
         job.readers += 1
         self.counters["stream_readers"] += 1
         try:
             while True:
-                if position < len(job.events):
-                    end = len(job.events)
-                    yield b"".join(job.events[position:end]) if end - position > 1 else job.events[position]
+                events = job.events
+                end = len(events)
+                if position < end:
+                    yield b"".join(events[position:end]) if end - position > 1 else events[position]
                     position = end
+                    idle_since = loop.time()
                     continue
                 if job.finished:
                     return
-                if not await job.wait_for_events(self.settings.keepalive_s):
+                if timer is None:
+                    timer = loop.call_at(idle_since + keepalive_s, keepalive_due)
+                await job.wait()
+                if position == len(job.events) and loop.time() + _CLOCK_SLACK_S >= idle_since + keepalive_s:
                     yield sse.KEEPALIVE
+                    idle_since = loop.time()
         finally:
+            if timer is not None:
+                timer.cancel()
             job.readers -= 1
 
     # -- generation ------------------------------------------------------------------------

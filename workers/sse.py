@@ -6,14 +6,18 @@ character inside JSON strings, so token text can never break the framing.
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 import msgspec
 
 DONE: Final = b"data: [DONE]\n\n"
 KEEPALIVE: Final = b": keep-alive\n\n"
-#: Litestar appends ``; charset=utf-8`` to text media types itself
+#: Litestar appends ``; charset=utf-8`` to text media types itself; `EventStreamResponse` names it
 MEDIA_TYPE: Final = "text/event-stream"
+_CONTENT_TYPE: Final = (b"content-type", MEDIA_TYPE.encode() + b"; charset=utf-8")
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -21,3 +25,57 @@ _encode_json = msgspec.json.Encoder().encode
 def encode_event(event_id: int, event: str, payload: object) -> bytes:
     """One complete event block, terminated by the blank line that dispatches it."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode("ascii"), _encode_json(payload))
+
+
+def encode_token(event_id: int, index: int, text: str) -> bytes:
+    """``encode_event(event_id, "token", TokenData(index=index, text=text))``, without building the struct.
+
+    The one event per generated token: the JSON string is msgspec's encoding of ``text`` alone.
+    """
+    return b'id: %d\nevent: token\ndata: {"index":%d,"text":%s}\n\n' % (event_id, index, _encode_json(text))
+
+
+class EventStreamResponse:
+    """A raw ASGI response for an event stream: the head, then each block of ``events`` as one write.
+
+    Litestar's ``Stream`` does the same with an anyio task group, a message dict built per chunk
+    and str/bytes checks; here the blocks are bytes already, so each token costs one ``send``.
+    The app-level ``send`` wrapper still runs, so app-wide headers (the contract version) are added.
+    A client that goes away ends the stream: a watcher waits for ``http.disconnect`` and cancels
+    the streaming task, which closes ``events`` (the reader leaves the job) and returns normally.
+    """
+
+    __slots__ = ("events", "headers")
+
+    def __init__(self, events: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+        self.events = events
+        self.headers = [_CONTENT_TYPE, *headers]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        state = {"open": True, "client_left": False}
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if state["open"]:
+                state["client_left"] = True
+                streaming.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+        try:
+            async with contextlib.aclosing(self.events) as events:  # type: ignore[type-var]
+                async for block in events:
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+            state["open"] = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["client_left"]:
+                raise
+            streaming.uncancel()
+        finally:
+            state["open"] = False
+            # not awaited: awaiting it here could swallow a cancellation meant for this task
+            watcher.cancel()

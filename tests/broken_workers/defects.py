@@ -135,8 +135,9 @@ def _wrap_generation(change: Callable[[GenerationRequest, WorkerSettings], Gener
 
 
 def _wrap_encoder(encode: Callable[[int, str, object], bytes]) -> None:
-    """Replace the SSE encoder every job uses (`workers.sse.encode_event`)."""
+    """Replace the SSE encoder every job uses (`workers.sse.encode_event`, and its token fast path)."""
     worker_sse.encode_event = encode  # type: ignore[assignment]
+    worker_sse.encode_token = lambda event_id, index, text: encode(event_id, "token", TokenData(index=index, text=text))  # type: ignore[assignment]
 
 
 _original_encode = worker_sse.encode_event

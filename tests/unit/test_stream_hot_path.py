@@ -1,0 +1,180 @@
+"""The live-stream hot path: one wake-up per job, lazy keep-alive timers, token encoding, raw ASGI stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import pytest
+
+from conformance.sse import parse_stream
+from workers import sse
+from workers.config import WorkerSettings
+from workers.engines.base import Chunk, EngineHealth, GenerationRequest
+from workers.engines.mock import VOCABULARY, MockEngine
+from workers.registry import Job, JobRegistry
+from workers.schemas import TokenData
+
+TIMEOUT_S = 10
+
+
+def gen(max_tokens: int = 8) -> GenerationRequest:
+    return GenerationRequest(prompt="hot path", max_tokens=max_tokens, seed=1)
+
+
+@pytest.mark.parametrize("text", [*VOCABULARY, "", "x" * 300])
+def test_token_encoding_is_the_generic_encoding(text: str) -> None:
+    assert sse.encode_token(12, 5, text) == sse.encode_event(12, "token", TokenData(index=5, text=text))
+
+
+@pytest.mark.asyncio
+async def test_wait_for_events_times_out_and_wakes_on_publish() -> None:
+    job = Job(id="j" * 22, request=gen())
+    assert await job.wait_for_events(0.01) is False
+    waiting = asyncio.ensure_future(job.wait_for_events(TIMEOUT_S))
+    await asyncio.sleep(0)
+    job.emit_token("a")
+    assert await waiting is True
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_waiter_does_not_disturb_the_others() -> None:
+    """All readers share one future; cancelling one reader's task must not cancel the others."""
+    job = Job(id="j" * 22, request=gen())
+    waiters = [asyncio.ensure_future(job.wait_for_events(TIMEOUT_S)) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0.01)
+    assert waiters[0].cancelled()
+    assert not waiters[1].done() and not waiters[2].done()
+    job.emit_token("a")
+    assert await asyncio.gather(waiters[1], waiters[2]) == [True, True]
+
+
+class StallingEngine:
+    """Two tokens at once, then silence for ``stall_s``, then two more."""
+
+    name = "stalling"
+    model = "stalling"
+    deterministic = True
+    max_concurrency = 1
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ok=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        yield Chunk("a")
+        yield Chunk("b")
+        await asyncio.sleep(self.stall_s)
+        yield Chunk("c")
+        yield Chunk("d", stop_reason="max_tokens")
+
+
+@pytest.mark.asyncio
+async def test_keepalive_after_events_when_the_engine_stalls() -> None:
+    registry = JobRegistry(StallingEngine(0.3), WorkerSettings(keepalive_s=0.05))  # type: ignore[arg-type]
+    registry.start()
+    try:
+        job = registry.submit(gen(4))
+        blocks: list[bytes] = []
+        async with asyncio.timeout(TIMEOUT_S):
+            async for block in registry.open_stream(job.id, None):
+                blocks.append(block)
+    finally:
+        await registry.close()
+    raw = b"".join(blocks)
+    first_keepalive = raw.index(sse.KEEPALIVE)
+    assert raw.index(b'"text":"b"') < first_keepalive < raw.index(b'"text":"c"')
+    # at most one comment per interval: the 0.3 s stall yields a handful, not hundreds
+    assert 2 <= raw.count(sse.KEEPALIVE) <= 10
+    events, issues = parse_stream(raw, strict=True)
+    assert not issues
+    assert [e.event for e in events] == ["started", "token", "token", "token", "token", "end", "message"]
+
+
+@pytest.mark.asyncio
+async def test_many_readers_of_a_live_job_get_identical_streams() -> None:
+    registry = JobRegistry(MockEngine(token_delay_s=0.001), WorkerSettings())
+    registry.start()
+    try:
+        job = registry.submit(gen(50))
+
+        async def read() -> bytes:
+            return b"".join([block async for block in registry.open_stream(job.id, None)])
+
+        async with asyncio.timeout(TIMEOUT_S):
+            streams = await asyncio.gather(*(read() for _ in range(20)))
+    finally:
+        await registry.close()
+    assert len(set(streams)) == 1
+    assert streams[0] == b"".join(job.events)
+
+
+# -- the raw ASGI stream response --------------------------------------------------------------------------
+
+
+class FakeServer:
+    """ASGI receive/send of one request; ``disconnect`` simulates the client going away."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._gone.set()  # like uvicorn: receive() reports a disconnect once the response is complete
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+
+@pytest.mark.asyncio
+async def test_event_stream_response_sends_head_then_one_message_per_block() -> None:
+    async def blocks() -> AsyncIterator[bytes]:
+        yield b"one"
+        yield b"two"
+
+    server = FakeServer()
+    async with asyncio.timeout(TIMEOUT_S):
+        await sse.EventStreamResponse(blocks(), [(b"cache-control", b"no-cache")])({}, server.receive, server.send)
+    head, *body = server.messages
+    assert head["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in head["headers"]
+    assert [(m["body"], m["more_body"]) for m in body] == [(b"one", True), (b"two", True), (b"", False)]
+
+
+@pytest.mark.asyncio
+async def test_event_stream_response_ends_quietly_when_the_client_leaves() -> None:
+    registry = JobRegistry(MockEngine(), WorkerSettings(queue_limit=4))
+    registry.start()
+    try:
+        registry._slots = asyncio.Semaphore(0)  # every job stays queued: the stream is idle
+        job = registry.submit(gen())
+        server = FakeServer()
+        response = sse.EventStreamResponse(registry.open_stream(job.id, None), [])
+        task = asyncio.ensure_future(response({}, server.receive, server.send))
+        await asyncio.sleep(0.05)
+        assert job.readers == 1
+        server.disconnect()
+        async with asyncio.timeout(TIMEOUT_S):
+            await task  # returns normally: a client leaving is not an error
+        assert not task.cancelled()
+        assert job.readers == 0
+        assert [m["type"] for m in server.messages] == ["http.response.start"]
+    finally:
+        await registry.close()
