@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dualcall-worker: {exc}", file=sys.stderr)
             sock.close()
             return USAGE_ERROR
+        settings = capped_to_engine(settings, engine)
     from workers.app import create_app
 
     app = create_app(engine, settings)
@@ -153,6 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.serve(app, sock, banner=banner, access_log=args.access_log)
     return 0
+
+
+def capped_to_engine(settings: WorkerSettings, engine: Engine) -> WorkerSettings:
+    """Lower ``max_tokens_cap`` to what a started engine can serve (its ``max_tokens_limit``, if any)."""
+    limit = getattr(engine, "max_tokens_limit", None)
+    if not isinstance(limit, int) or limit < 1 or limit >= settings.max_tokens_cap:
+        return settings
+    return dataclasses.replace(
+        settings, max_tokens_cap=limit, default_max_tokens=min(settings.default_max_tokens, limit)
+    )
 
 
 async def _preflight(engine: Engine) -> None:
