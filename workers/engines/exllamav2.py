@@ -271,6 +271,11 @@ class _ExLlamaV2Backend:
     def enqueue(self, job: Any) -> None:
         self.generator.enqueue(job)
 
+    def token_text(self, token_id: int) -> str:
+        """A token's text as the job decodes it (special tokens empty)."""
+        pieces = self.tokenizer.get_id_to_piece_list(False)
+        return str(pieces[token_id]) if 0 <= token_id < len(pieces) else ""
+
     def iterate(self) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = self.generator.iterate()
         return results
@@ -584,7 +589,7 @@ class ExLlamaV2Engine:
             if isinstance(held, dict):
                 # exllamav2 leaves what it held back in "held": incomplete UTF-8 and the EOS
                 # token on a stop token, the matched stop string and what follows on a stop string
-                text += str(held.get("text") or "")
+                text += self._without_stop_token(str(held.get("text") or ""), result)
                 tokens += count_tokens(held.get("token_ids"))
             new_tokens = result.get("new_tokens")
             if isinstance(new_tokens, int) and new_tokens >= handle.tokens:
@@ -600,6 +605,15 @@ class ExLlamaV2Engine:
             return
         handle.tokens += tokens
         outbox.append((handle, Chunk(text=text, tokens=tokens, stop_reason=stop)))
+
+    def _without_stop_token(self, held_text: str, result: dict[str, Any]) -> str:
+        """The held text less the EOS token's own text (non-empty when the EOS id is an ordinary token)."""
+        token_id = result.get("eos_triggering_token_id")
+        piece_of = getattr(self._backend, "token_text", None)
+        if result.get("eos_reason") != "stop_token" or not isinstance(token_id, int) or not callable(piece_of):
+            return held_text
+        piece = str(piece_of(token_id))
+        return held_text[: -len(piece)] if piece and held_text.endswith(piece) else held_text
 
     @staticmethod
     def _send(outbox: _Outbox) -> None:
