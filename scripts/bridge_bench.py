@@ -33,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the stand-ins: tests/exllamav2_cpu/standins.py
 
 SHAPES = {"tiny": ("tiny", 1.3), "1.1B-step": ("small", 7.0)}
 
@@ -130,7 +131,7 @@ def main() -> int:
     ap.add_argument("--engine-file", default=None)
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
-    from tests.exllamav2_cpu import standins
+    from exllamav2_cpu import standins
 
     standins.install()
     mod = load_engine_module(args.engine_file)

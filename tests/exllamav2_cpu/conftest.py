@@ -26,12 +26,15 @@ MAX_SEQ_LEN = 512
 STEP_MS = "2"
 
 
+SERVE = Path(__file__).resolve().parent / "serve.py"
+
+
 class StandInWorker(WorkerProcess):
-    """The real worker CLI with the CPU stand-ins installed (`python -m tests.exllamav2_cpu.serve`)."""
+    """The real worker CLI with the CPU stand-ins installed (``tests/exllamav2_cpu/serve.py``)."""
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "tests.exllamav2_cpu.serve", self.engine, "--port", "0", *self.args]
+        return [sys.executable, str(SERVE), self.engine, "--port", "0", *self.args]
 
 
 def build_model(path: Path) -> Path:

@@ -1,11 +1,14 @@
-"""``python -m tests.exllamav2_cpu.serve exllamav2 --model DIR ...``: the real worker CLI, with the
-CPU stand-ins of `tests.exllamav2_cpu.standins` installed first (for tests and the benchmark)."""
+"""``python tests/exllamav2_cpu/serve.py exllamav2 --model DIR ...``: the real worker CLI, with the
+CPU stand-ins of ``standins.py`` installed first (for the tests and scripts/bridge_bench.py)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from tests.exllamav2_cpu import standins
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exllamav2_cpu import standins  # noqa: E402 - after the path set-up above
 
 if __name__ == "__main__":
     standins.install()

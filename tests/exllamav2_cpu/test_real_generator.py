@@ -31,7 +31,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.exllamav2_cpu.conftest import MAX_SEQ_LEN, STEP_MS, StandInWorker, build_model, rewrite_json
+from exllamav2_cpu.conftest import MAX_SEQ_LEN, SERVE, STEP_MS, StandInWorker, build_model, rewrite_json
 
 pytestmark = pytest.mark.slow
 
@@ -223,7 +223,7 @@ def test_model_without_eos_is_a_one_line_error_exit_2(tmp_path: Path) -> None:
     rewrite_json(model / "generation_config.json", eos_token_id=None)
     rewrite_json(model / "tokenizer_config.json", eos_token=None)
     res = subprocess.run(
-        [sys.executable, "-m", "tests.exllamav2_cpu.serve", "exllamav2", "--model", str(model), "--port", "0"],
+        [sys.executable, str(SERVE), "exllamav2", "--model", str(model), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -238,7 +238,7 @@ def test_model_without_eos_is_a_one_line_error_exit_2(tmp_path: Path) -> None:
 
 @pytest.fixture
 def in_process_standins() -> Iterator[None]:
-    from tests.exllamav2_cpu import standins
+    from exllamav2_cpu import standins
 
     standins.install()
     yield
