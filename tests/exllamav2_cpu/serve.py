@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exllamav2_cpu import standins  # noqa: E402 - after the path set-up above
+from exllamav2_cpu import standins
 
 if __name__ == "__main__":
     standins.install()
