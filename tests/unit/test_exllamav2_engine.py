@@ -899,3 +899,29 @@ async def test_generation_config_eos_ids_pass_the_check(tmp_path: Path, monkeypa
     msg = await start_error(model_dir(tmp_path))  # gets past the EOS check to the (failing) model
     assert "weights must not load without an EOS id" in msg
     assert modules["exllamav2"].calls == ["arch_compat_overrides", "model"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything one iterate() produced crosses to the loop in ONE call_soon_threadsafe."""
+    import workers.engines.exllamav2 as module
+
+    batches: list[int] = []
+    real_receive = module._receive
+
+    def counting(batch: Any) -> None:
+        batches.append(len(batch))
+        real_receive(batch)
+
+    monkeypatch.setattr(module, "_receive", counting)
+    gen = FakeGenerator(paged=True, step_delay=0.002)
+    eng, _ = make_engine(gen)
+    await eng.start()
+    try:
+        results = await asyncio.gather(*(collect(eng, req(6)) for _ in range(4)))
+    finally:
+        await eng.close()
+    assert all("".join(c.text for c in r) == "t0 t1 t2 t3 t4 t5 " for r in results)
+    assert sum(batches) == 4 * 6  # every chunk delivered, none twice
+    assert len(batches) <= gen.iterations  # at most one callback per step
+    assert max(batches) == 4  # a step's chunks for all four jobs travel together
