@@ -145,7 +145,6 @@ class FakeGenerator:
 def make_engine(gen: FakeGenerator | None = None) -> tuple[ExLlamaV2Engine, FakeGenerator]:
     fake = gen or FakeGenerator()
     engine = ExLlamaV2Engine("/models/tiny-llama", generator_factory=lambda: fake)
-    engine.poll_interval_s = 0.05
     return engine, fake
 
 

@@ -15,8 +15,8 @@ Design (the thread bridge)
   and the thread keeps serving; if the reset fails too, or the thread dies, ``health().ok`` is
   False.
 * One ``call_soon_threadsafe`` per ``iterate()`` carries every chunk that step produced, for all
-  jobs (`_deliver_batch`); the consumer waits on a plain future, not ``wait_for`` with a timer
-  per token. That is what keeps the event loop's cost per token small (see docs/gpu.md).
+  jobs (`_send`); the consumer waits on a plain future, not ``wait_for`` with a Task and a
+  timer per token. That is what keeps the event loop's cost per token small (see docs/gpu.md).
 
 Stop strings and EOS
 --------------------
@@ -328,11 +328,6 @@ def _receive(batch: _Outbox) -> None:
             waiter.set_result(None)
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 @dataclass
 class _State:
     live: dict[int, _Handle] = field(default_factory=dict)  # id(job) → handle
@@ -350,8 +345,6 @@ class ExLlamaV2Engine:
 
     #: health() reports not-ok when one iterate() call has run longer than this (a hung GPU)
     stall_timeout_s: float = 60.0
-    #: how often a waiting iterator checks that the generator thread is still alive
-    poll_interval_s: float = 1.0
     #: how long close() waits for the generator thread
     join_timeout_s: float = 10.0
 
@@ -372,6 +365,10 @@ class ExLlamaV2Engine:
         self._backend: Any = None
         self._commands: queue.SimpleQueue[tuple[str, _Handle | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # submits and the generator thread's exit take this lock, so no job is submitted to a
+        # thread that has already drained its command queue for the last time
+        self._submit_lock = threading.Lock()
+        self._accepting = True
         self._ids = itertools.count(1)
         self._state = _State()
         self._broken: str | None = None  # set when the generator cannot recover
@@ -442,7 +439,10 @@ class ExLlamaV2Engine:
             ident=next(self._ids),
             stops=_StopFilter(request.stop),
         )
-        self._commands.put((_SUBMIT, handle))
+        with self._submit_lock:
+            if not self._accepting:
+                raise EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+            self._commands.put((_SUBMIT, handle))
         done = False
         try:
             while True:
@@ -460,24 +460,19 @@ class ExLlamaV2Engine:
                 # consumer went away (aclose / task cancel): cancel on the generator thread
                 self._commands.put((_CANCEL, handle))
 
-    async def _next(self, handle: _Handle) -> Chunk | BaseException:
-        # A plain future woken by `_receive` (no Task, no wait_for per token); a timer wakes it
-        # every poll_interval_s to notice a generator thread that died without answering.
-        while True:
-            if handle.items:
-                return handle.items.popleft()
+    @staticmethod
+    async def _next(handle: _Handle) -> Chunk | BaseException:
+        # A plain future woken by `_receive`: no Task, no timer per token. Every submitted job is
+        # answered: by its chunks, by `_fail_all` (a failed step, shutdown, the thread dying), or
+        # by `_refuse_leftovers` (a submit the thread never read).
+        while not handle.items:
             waiter: asyncio.Future[None] = handle.loop.create_future()
             handle.waiter = waiter
-            timer = handle.loop.call_later(self.poll_interval_s, _wake, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 handle.waiter = None
-            if not handle.items:
-                thread = self._thread
-                if thread is None or not thread.is_alive():
-                    return EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+        return handle.items.popleft()
 
     def _check_can_serve(self) -> None:
         if self._thread is None:
@@ -497,6 +492,21 @@ class ExLlamaV2Engine:
         except BaseException as exc:  # the thread dies: fail what it held; health() says so
             log.critical("exllamav2 generator thread died", exc_info=exc)
             self._fail_all(EngineError(f"generator thread died: {_one_line(exc)}", code="engine_unavailable"))
+        finally:
+            self._refuse_leftovers()
+
+    def _refuse_leftovers(self) -> None:
+        """On exit: stop taking submits, then answer the ones still queued."""
+        with self._submit_lock:
+            self._accepting = False
+        error = EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+        while True:
+            try:
+                kind, handle = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == _SUBMIT and handle is not None:
+                self._deliver(handle, error)
 
     def _serve(self) -> None:
         backend = self._backend
