@@ -924,3 +924,17 @@ async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPa
     assert sum(batches) == 4 * 6  # every chunk delivered, none twice
     assert len(batches) <= gen.iterations  # at most one callback per step
     assert max(batches) == 4  # a step's chunks for all four jobs travel together
+
+
+@pytest.mark.asyncio
+async def test_a_submit_the_exiting_thread_never_read_is_answered() -> None:
+    from workers.engines.exllamav2 import _Handle
+
+    eng, _ = make_engine()
+    handle = _Handle(request=req(), loop=asyncio.get_running_loop(), ident=99)
+    eng._commands.put(("submit", handle))
+    eng._refuse_leftovers()  # what the generator thread runs on its way out
+    item = await asyncio.wait_for(eng._next(handle), TIMEOUT)  # answered, not left waiting
+    assert isinstance(item, EngineError)
+    assert item.code == "engine_unavailable"
+    assert not eng._accepting  # and no later submit can slip in behind the drain
