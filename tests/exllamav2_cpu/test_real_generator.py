@@ -31,9 +31,15 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from exllamav2_cpu.conftest import MAX_SEQ_LEN, SERVE, STEP_MS, StandInWorker, build_model, rewrite_json
+from exllamav2_cpu.conftest import MAX_SEQ_LEN, MISSING, SERVE, STEP_MS, StandInWorker, build_model, rewrite_json
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"{', '.join(MISSING)} not installed: `tox -e exllamav2-cpu` runs these on the real exllamav2 generator",
+    ),
+]
 
 TIMEOUT = httpx.Timeout(30.0)
 
