@@ -13,6 +13,10 @@ on an H100) and 7 ms for a 1.1B-like step (~140 tok/s). For each shape it report
            and the event loop thread's CPU time per token (``time.thread_time``), which is the
            bridge's cost to the loop and far less noisy than wall-clock ratios on a shared box
 
+``--bridge-only`` replaces the generator by a backend that returns one token per ``iterate()``
+after sleeping 1 ms (GIL released, like a GPU step; no model): the stream waits for every token,
+as it does on a GPU, and what the loop spends per token is the bridge's cost alone.
+
 ``--engine-file`` loads another version of workers/engines/exllamav2.py (for a before/after).
 """
 
@@ -124,17 +128,82 @@ def bench(mod: Any, size: str, step_ms: float, runs: int, n_tokens: int) -> dict
     }
 
 
+class InstantBackend:
+    """One job, one token per iterate() after a GPU-like sleep, no work: only the bridge costs anything."""
+
+    def __init__(self, step_s: float = 0.001) -> None:
+        self.step_s = step_s
+        self.jobs: list[list[Any]] = []
+
+    def make_job(self, request: Any) -> list[Any]:
+        return [request.max_tokens, 0]
+
+    def enqueue(self, job: list[Any]) -> None:
+        self.jobs.append(job)
+
+    def iterate(self) -> list[dict[str, Any]]:
+        if not self.jobs:
+            return []
+        time.sleep(self.step_s)
+        job = self.jobs[0]
+        job[1] += 1
+        last = job[1] >= job[0]
+        result: dict[str, Any] = {"stage": "streaming", "job": job, "eos": last, "text": "x", "token_ids": [1]}
+        if last:
+            result.update(eos_reason="max_new_tokens", new_tokens=job[0])
+            self.jobs.pop(0)
+        return [result]
+
+    def num_remaining_jobs(self) -> int:
+        return len(self.jobs)
+
+    def holds(self, job: Any) -> bool:
+        return any(j is job for j in self.jobs)
+
+    def cancel(self, job: Any) -> None:
+        self.jobs = [j for j in self.jobs if j is not job]
+
+
+def bench_bridge_only(mod: Any, runs: int, n_tokens: int) -> dict[str, Any]:
+    from workers.engines.base import GenerationRequest
+
+    request = GenerationRequest(prompt="x", max_tokens=n_tokens, temperature=0.0)
+
+    async def go() -> list[tuple[float, float]]:
+        eng = mod.ExLlamaV2Engine("/nonexistent", generator_factory=InstantBackend)
+        await eng.start()
+        try:
+            await bridge_run(eng, request)
+            return [await bridge_run(eng, request) for _ in range(runs)]
+        finally:
+            await eng.close()
+
+    results = asyncio.run(go())
+    return {
+        "shape": "bridge-only",
+        "runs": runs,
+        "tokens": n_tokens,
+        "bridge_tok_s": round(statistics.median(r[0] for r in results)),
+        "loop_cpu_us_per_token": round(statistics.median(r[1] for r in results), 1),
+        "loop_cpu_us_each_run": [round(r[1], 1) for r in results],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--engine-file", default=None)
+    ap.add_argument("--bridge-only", action="store_true", help="no generator: the bridge's own cost")
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
+    mod = load_engine_module(args.engine_file)
+    if args.bridge_only:
+        print(json.dumps({"name": "bridge-only", **bench_bridge_only(mod, args.runs, args.tokens)}), flush=True)
+        return 0
     from exllamav2_cpu import standins
 
     standins.install()
-    mod = load_engine_module(args.engine_file)
     for name in args.shapes.split(","):
         size, step_ms = SHAPES[name]
         print(json.dumps({"name": name, **bench(mod, size, step_ms, args.runs, args.tokens)}), flush=True)
