@@ -5,7 +5,7 @@ Design (the thread bridge)
 * One dedicated thread (``dualcall-exllamav2``) owns the generator. Nothing else ever touches it.
 * The event loop talks to that thread only through a thread-safe command queue
   (``submit`` / ``cancel`` / ``stop``); the thread answers each job through that job's own
-  ``asyncio.Queue``, filled with ``loop.call_soon_threadsafe``. No thread per request.
+  deque on the loop, filled by ``loop.call_soon_threadsafe``. No thread per request.
 * The thread blocks on the command queue while the generator holds no job (no spinning); while
   it holds jobs it drains the commands without blocking, then calls the blocking ``iterate()``.
 * Closing a job's iterator early (DELETE, TTL, shutdown, a task cancel) sends ``cancel``; the
@@ -13,7 +13,8 @@ Design (the thread bridge)
   just finished is normal and ignored.
 * ``iterate()`` raising fails the jobs it was serving with `EngineError`, the generator is reset
   and the thread keeps serving; if the reset fails too, or the thread dies, ``health().ok`` is
-  False.
+  False. A dying or stopping thread answers every job it holds or has queued, and takes no more
+  submits, so no stream waits forever (and none needs a timer to find out).
 * One ``call_soon_threadsafe`` per ``iterate()`` carries every chunk that step produced, for all
   jobs (`_send`); the consumer waits on a plain future, not ``wait_for`` with a Task and a
   timer per token. That is what keeps the event loop's cost per token small (see docs/gpu.md).
