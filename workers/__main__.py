@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import logging.config
 import math
@@ -252,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dualcall-worker: {exc}", file=sys.stderr)
             sock.close()
             return USAGE_ERROR
+        settings = capped_to_engine(settings, engine)
     if settings.registry_url is not None:
         problem = _check_registry(settings.registry_url)
         if problem:
@@ -290,6 +292,16 @@ def _check_registry(url: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def capped_to_engine(settings: WorkerSettings, engine: Engine) -> WorkerSettings:
+    """Lower ``max_tokens_cap`` to what a started engine can serve (its ``max_tokens_limit``, if any)."""
+    limit = getattr(engine, "max_tokens_limit", None)
+    if not isinstance(limit, int) or limit < 1 or limit >= settings.max_tokens_cap:
+        return settings
+    return dataclasses.replace(
+        settings, max_tokens_cap=limit, default_max_tokens=min(settings.default_max_tokens, limit)
+    )
 
 
 async def _preflight(engine: Engine) -> None:

@@ -26,7 +26,9 @@ from workers.engines.exllamav2 import (
     NO_CUDA,
     ExLlamaV2Engine,
     _ExLlamaV2Backend,
+    _StopFilter,
     count_tokens,
+    eos_token_ids,
     sampler_params,
 )
 
@@ -143,7 +145,6 @@ class FakeGenerator:
 def make_engine(gen: FakeGenerator | None = None) -> tuple[ExLlamaV2Engine, FakeGenerator]:
     fake = gen or FakeGenerator()
     engine = ExLlamaV2Engine("/models/tiny-llama", generator_factory=lambda: fake)
-    engine.poll_interval_s = 0.05
     return engine, fake
 
 
@@ -531,6 +532,7 @@ def real_backend(max_seq_len: int = 64) -> _ExLlamaV2Backend:
         flash_attn=False,
         device="fake",
         max_concurrency=1,
+        eos_token_ids=[2],
     )
 
 
@@ -560,12 +562,180 @@ def test_real_backend_rejects_too_long() -> None:
     assert info.value.code == "context_length_exceeded"
 
 
+def test_real_backend_every_eos_id_is_a_stop_token() -> None:
+    backend = _ExLlamaV2Backend(
+        generator=types.SimpleNamespace(pending_jobs=[], active_jobs=[]),
+        tokenizer=FakeTokenizer(),
+        settings_cls=FakeSettings,
+        job_cls=RecordingJob,
+        max_seq_len=256,
+        paged=False,
+        flash_attn=False,
+        device="fake",
+        max_concurrency=1,
+        eos_token_ids=[128001, 128009],
+    )
+    job = backend.make_job(req(8, stop=("END", "")))
+    assert job.kw["stop_conditions"] == [128001, 128009, "END"]  # an empty stop string is no stop
+    assert backend.max_tokens_limit == 254  # the context minus BOS and one prompt token
+
+
+def test_real_backend_without_eos_is_engine_unavailable() -> None:
+    with pytest.raises(EngineUnavailable, match="no EOS token id"):
+        _ExLlamaV2Backend(
+            generator=None,
+            tokenizer=FakeTokenizer(),
+            settings_cls=FakeSettings,
+            job_cls=RecordingJob,
+            max_seq_len=256,
+            paged=False,
+            flash_attn=False,
+            device="fake",
+            max_concurrency=1,
+            eos_token_ids=[],
+        )
+
+
+def test_eos_token_ids_from_every_source() -> None:
+    llama3 = types.SimpleNamespace(generation_config={"eos_token_id": [128001, 128008, 128009]}, eos_token_id=128001)
+    assert eos_token_ids(llama3, types.SimpleNamespace(eos_token_id=128009)) == [128001, 128008, 128009]
+    single = types.SimpleNamespace(generation_config={"eos_token_id": None}, eos_token_id=None)
+    assert eos_token_ids(single, types.SimpleNamespace(eos_token_id=2)) == [2]
+    bare = types.SimpleNamespace()
+    assert eos_token_ids(bare, types.SimpleNamespace(eos_token_id=None)) == []
+
+
+def test_stop_filter_holds_a_partial_stop_and_cuts_at_the_first() -> None:
+    f = _StopFilter(("END", "\n\n"))
+    assert f.feed("abc E") == ("abc ", False)
+    assert f.feed("N") == ("", False)
+    assert f.feed("x") == ("ENx", False)
+    assert f.feed("y\n\nzEND") == ("y", True)
+    g = _StopFilter(("END",))
+    assert g.feed("tail E", final=True) == ("tail E", False)  # the end flushes what was held
+    assert _StopFilter(()).feed("END") == ("END", False)
+
+
 def test_real_backend_holds_and_cancel() -> None:
     backend = real_backend()
     job = object()
     assert not backend.holds(job)
     backend.generator.pending_jobs.append(job)
     assert backend.holds(job)
+
+
+# ---------------------------------------------------------------------------------------------
+# DC-2.13: stop strings applied by the engine, whatever exllamav2 reports
+
+
+def scripted(*results: dict[str, Any]) -> FakeGenerator:
+    return FakeGenerator(lambda request: [{"stage": "streaming", **r} for r in results])
+
+
+async def run_script(gen: FakeGenerator, request: GenerationRequest) -> list[Chunk]:
+    eng, _ = make_engine(gen)
+    await eng.start()
+    try:
+        return await collect(eng, request)
+    finally:
+        await eng.close()
+
+
+@pytest.mark.asyncio
+async def test_stop_completed_on_the_last_allowed_token_is_stop_not_leaked() -> None:
+    # exllamav2 checks max_new_tokens before stop strings: it reports max_new_tokens and emits
+    # the stop string in the text
+    gen = scripted(
+        {"eos": False, "text": "one ", "token_ids": [[5]]},
+        {"eos": True, "eos_reason": "max_new_tokens", "text": "twoEND", "token_ids": [[6]], "new_tokens": 2},
+    )
+    chunks = await run_script(gen, req(2, stop=("END",)))
+    assert "".join(c.text for c in chunks) == "one two"
+    assert chunks[-1].stop_reason == "stop"
+    assert sum(c.tokens for c in chunks) == 2
+
+
+@pytest.mark.asyncio
+async def test_stop_in_held_utf8_then_eos_is_not_leaked() -> None:
+    # while incomplete UTF-8 is held exllamav2 skips its stop check; the stop string then
+    # arrives in "held" together with the EOS token
+    gen = scripted(
+        {"eos": False, "text": "ok ", "token_ids": [[5]]},
+        {"eos": False, "token_ids": [[6]]},
+        {"eos": False, "token_ids": [[7]]},
+        {
+            "eos": True,
+            "eos_reason": "stop_token",
+            "new_tokens": 4,
+            "held": {"text": "é!STOP tail", "token_ids": [[6, 7, 2]]},
+        },
+    )
+    chunks = await run_script(gen, req(10, stop=("STOP",)))
+    assert "".join(c.text for c in chunks) == "ok é!"
+    assert chunks[-1].stop_reason == "stop"
+    assert sum(c.tokens for c in chunks) == 4
+
+
+@pytest.mark.asyncio
+async def test_stop_string_reported_by_exllamav2_is_cut_from_held() -> None:
+    gen = scripted(
+        {"eos": False, "text": "a", "token_ids": [[5]]},
+        {
+            "eos": True,
+            "eos_reason": "stop_string",
+            "text": "b",
+            "new_tokens": 3,
+            "held": {"text": "\n\nc", "token_ids": [[9]]},
+        },
+    )
+    chunks = await run_script(gen, req(10, stop=("\n\n",)))
+    assert "".join(c.text for c in chunks) == "ab"
+    assert chunks[-1].stop_reason == "stop"
+
+
+@pytest.mark.asyncio
+async def test_stop_found_by_the_engine_cancels_the_running_job() -> None:
+    def script(request: GenerationRequest) -> Iterator[dict[str, Any]]:
+        for piece in ["x", "ST", "OP", "never", *(["more"] * 50)]:
+            yield {"stage": "streaming", "eos": False, "text": piece, "token_ids": [[4]]}
+        yield {"stage": "streaming", "eos": True, "eos_reason": "max_new_tokens", "text": "z"}
+
+    gen = FakeGenerator(script)
+    eng, _ = make_engine(gen)
+    await eng.start()
+    try:
+        chunks = await collect(eng, req(100, stop=("STOP",)))
+        assert "".join(c.text for c in chunks) == "x"
+        assert chunks[-1].stop_reason == "stop"
+        assert sum(c.tokens for c in chunks) == 3
+        await wait_until(lambda: len(gen.cancelled) == 1)
+        assert gen.cancelled[0].cancelled_on == "dualcall-exllamav2"
+        assert not eng._state.live
+        again = await collect(eng, req(100, stop=("STOP",)))  # the generator keeps serving
+        assert ["".join(c.text for c in again), again[-1].stop_reason] == ["x", "stop"]
+    finally:
+        await eng.close()
+
+
+@pytest.mark.asyncio
+async def test_max_tokens_limit_from_backend_reaches_health_and_cli_cap() -> None:
+    from workers.__main__ import capped_to_engine
+    from workers.config import WorkerSettings
+
+    gen = FakeGenerator()
+    gen.max_tokens_limit = 2046  # type: ignore[attr-defined]
+    eng, _ = make_engine(gen)
+    assert eng.max_tokens_limit is None
+    await eng.start()
+    try:
+        assert eng.max_tokens_limit == 2046
+        assert eng.health().extra["max_tokens_limit"] == 2046
+        capped = capped_to_engine(WorkerSettings(max_tokens_cap=4096), eng)
+        assert capped.max_tokens_cap == 2046
+        assert capped.default_max_tokens == 64
+        assert capped_to_engine(WorkerSettings(max_tokens_cap=512), eng).max_tokens_cap == 512
+    finally:
+        await eng.close()
 
 
 def test_count_tokens() -> None:
@@ -671,3 +841,100 @@ def test_module_imports_without_torch() -> None:
     mod = importlib.import_module("workers.engines.exllamav2")
     assert "torch" not in vars(mod)
     assert "exllamav2" not in vars(mod)
+
+
+def fake_exllamav2(eos: int | None, generation_eos: object = None) -> dict[str, types.ModuleType]:
+    """Just enough of exllamav2's surface for `_load` to reach the EOS check."""
+    calls: list[str] = []
+
+    class Config:
+        def __init__(self, path: str) -> None:
+            self.generation_config = {"eos_token_id": generation_eos}
+            self.eos_token_id = eos
+
+        def arch_compat_overrides(self, quiet: bool = False) -> None:
+            calls.append("arch_compat_overrides")
+
+    class Tokenizer:
+        def __init__(self, config: Config) -> None:
+            self.eos_token_id = config.eos_token_id
+
+    class Model:
+        def __init__(self, config: Config) -> None:
+            calls.append("model")
+            raise RuntimeError("weights must not load without an EOS id")
+
+    root = types.ModuleType("exllamav2")
+    root.ExLlamaV2Config = Config  # type: ignore[attr-defined]
+    root.ExLlamaV2Tokenizer = Tokenizer  # type: ignore[attr-defined]
+    root.ExLlamaV2 = Model  # type: ignore[attr-defined]
+    root.calls = calls  # type: ignore[attr-defined]
+    attn = types.ModuleType("exllamav2.attn")
+    generator = types.ModuleType("exllamav2.generator")
+    for name in ("ExLlamaV2DynamicGenerator", "ExLlamaV2DynamicJob", "ExLlamaV2Sampler"):
+        setattr(generator, name, object)
+    root.attn = attn  # type: ignore[attr-defined]
+    return {"exllamav2": root, "exllamav2.attn": attn, "exllamav2.generator": generator}
+
+
+@pytest.mark.asyncio
+async def test_model_without_eos_is_a_one_line_engine_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(cuda=True))
+    modules = fake_exllamav2(eos=None)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    d = model_dir(tmp_path)
+    msg = await start_error(d)
+    assert msg.startswith(f"the model in {d} declares no EOS token id")
+    assert modules["exllamav2"].calls == ["arch_compat_overrides"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_generation_config_eos_ids_pass_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(cuda=True))
+    modules = fake_exllamav2(eos=None, generation_eos=[128001, 128009])
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    msg = await start_error(model_dir(tmp_path))  # gets past the EOS check to the (failing) model
+    assert "weights must not load without an EOS id" in msg
+    assert modules["exllamav2"].calls == ["arch_compat_overrides", "model"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything one iterate() produced crosses to the loop in ONE call_soon_threadsafe."""
+    import workers.engines.exllamav2 as module
+
+    batches: list[int] = []
+    real_receive = module._receive
+
+    def counting(batch: Any) -> None:
+        batches.append(len(batch))
+        real_receive(batch)
+
+    monkeypatch.setattr(module, "_receive", counting)
+    gen = FakeGenerator(paged=True, step_delay=0.002)
+    eng, _ = make_engine(gen)
+    await eng.start()
+    try:
+        results = await asyncio.gather(*(collect(eng, req(6)) for _ in range(4)))
+    finally:
+        await eng.close()
+    assert all("".join(c.text for c in r) == "t0 t1 t2 t3 t4 t5 " for r in results)
+    assert sum(batches) == 4 * 6  # every chunk delivered, none twice
+    assert len(batches) <= gen.iterations  # at most one callback per step
+    assert max(batches) == 4  # a step's chunks for all four jobs travel together
+
+
+@pytest.mark.asyncio
+async def test_a_submit_the_exiting_thread_never_read_is_answered() -> None:
+    from workers.engines.exllamav2 import _Handle
+
+    eng, _ = make_engine()
+    handle = _Handle(request=req(), loop=asyncio.get_running_loop(), ident=99)
+    eng._commands.put(("submit", handle))
+    eng._refuse_leftovers()  # what the generator thread runs on its way out
+    item = await asyncio.wait_for(eng._next(handle), TIMEOUT)  # answered, not left waiting
+    assert isinstance(item, EngineError)
+    assert item.code == "engine_unavailable"
+    assert not eng._accepting  # and no later submit can slip in behind the drain

@@ -5,7 +5,7 @@ Design (the thread bridge)
 * One dedicated thread (``dualcall-exllamav2``) owns the generator. Nothing else ever touches it.
 * The event loop talks to that thread only through a thread-safe command queue
   (``submit`` / ``cancel`` / ``stop``); the thread answers each job through that job's own
-  ``asyncio.Queue``, filled with ``loop.call_soon_threadsafe``. No thread per request.
+  deque on the loop, filled by ``loop.call_soon_threadsafe``. No thread per request.
 * The thread blocks on the command queue while the generator holds no job (no spinning); while
   it holds jobs it drains the commands without blocking, then calls the blocking ``iterate()``.
 * Closing a job's iterator early (DELETE, TTL, shutdown, a task cancel) sends ``cancel``; the
@@ -13,7 +13,26 @@ Design (the thread bridge)
   just finished is normal and ignored.
 * ``iterate()`` raising fails the jobs it was serving with `EngineError`, the generator is reset
   and the thread keeps serving; if the reset fails too, or the thread dies, ``health().ok`` is
-  False.
+  False. A dying or stopping thread answers every job it holds or has queued, and takes no more
+  submits, so no stream waits forever (and none needs a timer to find out).
+* One ``call_soon_threadsafe`` per ``iterate()`` carries every chunk that step produced, for all
+  jobs (`_send`); the consumer waits on a plain future, not ``wait_for`` with a Task and a
+  timer per token. That is what keeps the event loop's cost per token small (see docs/gpu.md).
+
+Stop strings and EOS
+--------------------
+exllamav2 checks ``max_new_tokens`` before stop strings, and skips the stop check while it holds
+back incomplete UTF-8, so a stop string can reach its text. The engine therefore applies the
+request's stop strings itself, to the accumulated text (`_StopFilter`, the mock's rule): the text
+ends before the first occurrence, the reason is ``stop``, and the generator job is cancelled if it
+still runs. Every EOS id the model declares (``config.json``, ``generation_config.json``, the
+tokenizer) is a stop token.
+
+Capacity
+--------
+After ``start()``, `ExLlamaV2Engine.max_tokens_limit` is the largest ``max_tokens`` a job can
+get: the context minus the smallest prompt (BOS and one token). The CLI advertises the lower of
+that and ``--max-tokens-cap``.
 
 The generator is reached through a small internal protocol, `_Backend`; the real one wraps
 ``ExLlamaV2DynamicGenerator``, tests pass ``generator_factory`` returning a fake one. Both share
@@ -26,6 +45,7 @@ machine without them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -48,14 +68,14 @@ from workers.engines.base import (
     StopReason,
 )
 
-__all__ = ["ExLlamaV2Engine", "sampler_params", "stop_reason_for"]
+__all__ = ["ExLlamaV2Engine", "eos_token_ids", "sampler_params", "stop_reason_for"]
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "exllamav2 is not installed: pip install 'dualcall[exllamav2]'"
 NO_CUDA = "CUDA is not available: the exllamav2 engine needs an NVIDIA GPU"
 
-#: exllamav2's ``eos_reason`` → our ``stop_reason``. We pass only the EOS id as a stop token.
+#: exllamav2's ``eos_reason`` → our ``stop_reason``. We pass only EOS ids as stop tokens.
 _EOS_REASONS: dict[str, StopReason] = {
     "stop_token": "eos",
     "stop_string": "stop",
@@ -65,6 +85,27 @@ _EOS_REASONS: dict[str, StopReason] = {
 
 #: jobs the paged generator runs at once (the cache holds this many full-length sequences)
 PAGED_BATCH = 8
+#: the shortest prompt a job can have, in tokens: BOS and one token (the contract's prompt is non-empty)
+MIN_PROMPT_TOKENS = 2
+
+
+def eos_token_ids(config: Any, tokenizer: Any) -> list[int]:
+    """Every EOS id the model declares, in order, without duplicates.
+
+    exllamav2 keeps only the first of a list in ``config.eos_token_id``; Llama-3-style models list
+    several in ``generation_config.json`` (``<|end_of_text|>``, ``<|eot_id|>``, …).
+    """
+    found: list[object] = []
+    generation_config = getattr(config, "generation_config", None)
+    if isinstance(generation_config, dict):
+        listed = generation_config.get("eos_token_id")
+        found += listed if isinstance(listed, (list, tuple)) else [listed]
+    found += [getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)]
+    ids: list[int] = []
+    for value in found:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value not in ids:
+            ids.append(value)
+    return ids
 
 
 def stop_reason_for(eos_reason: object) -> StopReason:
@@ -106,6 +147,41 @@ def count_tokens(token_ids: object) -> int:
         return len(token_ids)  # type: ignore[arg-type]
     except TypeError:
         return 0
+
+
+class _StopFilter:
+    """Applies a request's stop strings to the accumulated text, whatever the generator reports.
+
+    ``feed`` returns the text that is safe to emit now and whether a stop string was found; the
+    longest tail that could still grow into a stop string is held back until the next call.
+    """
+
+    __slots__ = ("held", "stops")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.held = ""
+
+    def feed(self, text: str, *, final: bool = False) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        pending = self.held + text
+        hits = [index for index in (pending.find(stop) for stop in self.stops) if index >= 0]
+        if hits:
+            self.held = ""
+            return pending[: min(hits)], True
+        keep = 0 if final else self._tail(pending)
+        self.held = pending[len(pending) - keep :] if keep else ""
+        return pending[: len(pending) - keep], False
+
+    def _tail(self, text: str) -> int:
+        longest = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +228,12 @@ class _ExLlamaV2Backend:
         flash_attn: bool,
         device: str,
         max_concurrency: int,
+        eos_token_ids: list[int],
     ) -> None:
+        if not eos_token_ids:
+            raise EngineUnavailable(
+                "the model declares no EOS token id (config.json, generation_config.json, tokenizer)"
+            )
         self.generator = generator
         self.tokenizer = tokenizer
         self.settings_cls = settings_cls
@@ -162,7 +243,9 @@ class _ExLlamaV2Backend:
         self.flash_attn = flash_attn
         self.device = device
         self.max_concurrency = max_concurrency
-        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.eos_token_ids = list(eos_token_ids)
+        #: the largest max_tokens a job can get: the context minus the smallest prompt
+        self.max_tokens_limit = max(0, max_seq_len - MIN_PROMPT_TOKENS)
 
     def make_job(self, request: GenerationRequest) -> Any:
         input_ids = self.tokenizer.encode(request.prompt, add_bos=True)
@@ -181,12 +264,18 @@ class _ExLlamaV2Backend:
             max_new_tokens=request.max_tokens,
             gen_settings=settings,
             seed=request.seed,
-            stop_conditions=[self.eos_token_id, *request.stop],
+            # exllamav2 stops early on the strings too; the engine's own filter decides (DC-2.13)
+            stop_conditions=[*self.eos_token_ids, *(stop for stop in request.stop if stop)],
             decode_special_tokens=False,
         )
 
     def enqueue(self, job: Any) -> None:
         self.generator.enqueue(job)
+
+    def token_text(self, token_id: int) -> str:
+        """A token's text as the job decodes it (special tokens empty)."""
+        pieces = self.tokenizer.get_id_to_piece_list(False)
+        return str(pieces[token_id]) if 0 <= token_id < len(pieces) else ""
 
     def iterate(self) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = self.generator.iterate()
@@ -212,14 +301,32 @@ class _ExLlamaV2Backend:
 
 @dataclass(eq=False)
 class _Handle:
-    """One job as the bridge sees it: where its results go, and its generator job."""
+    """One job as the bridge sees it: where its results go, and its generator job.
+
+    ``items`` and ``waiter`` belong to the event loop (touched only in loop callbacks and in
+    ``generate``); the rest belongs to the generator thread.
+    """
 
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[Chunk | BaseException]
     ident: int
+    items: collections.deque[Chunk | BaseException] = field(default_factory=collections.deque)
+    waiter: asyncio.Future[None] | None = None
     job: Any = None
     tokens: int = 0
+    stops: _StopFilter = field(default_factory=lambda: _StopFilter(()))
+
+
+_Outbox = list[tuple[_Handle, Chunk | BaseException]]
+
+
+def _receive(batch: _Outbox) -> None:
+    """On the event loop: hand one generator step's chunks to their consumers."""
+    for handle, item in batch:
+        handle.items.append(item)
+        waiter = handle.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass
@@ -239,8 +346,6 @@ class ExLlamaV2Engine:
 
     #: health() reports not-ok when one iterate() call has run longer than this (a hung GPU)
     stall_timeout_s: float = 60.0
-    #: how often a waiting iterator checks that the generator thread is still alive
-    poll_interval_s: float = 1.0
     #: how long close() waits for the generator thread
     join_timeout_s: float = 10.0
 
@@ -255,10 +360,16 @@ class ExLlamaV2Engine:
         self.model = self.model_dir.name or str(model_dir)
         self.max_seq_len = int(max_seq_len)
         self.max_concurrency = 1
+        #: the largest max_tokens a job can get (context minus the smallest prompt); set by start()
+        self.max_tokens_limit: int | None = None
         self._factory = generator_factory
         self._backend: Any = None
         self._commands: queue.SimpleQueue[tuple[str, _Handle | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # submits and the generator thread's exit take this lock, so no job is submitted to a
+        # thread that has already drained its command queue for the last time
+        self._submit_lock = threading.Lock()
+        self._accepting = True
         self._ids = itertools.count(1)
         self._state = _State()
         self._broken: str | None = None  # set when the generator cannot recover
@@ -277,6 +388,8 @@ class ExLlamaV2Engine:
             self._check_model_dir()
             backend = await asyncio.to_thread(self._load)
         self._backend = backend
+        limit = getattr(backend, "max_tokens_limit", None)
+        self.max_tokens_limit = int(limit) if isinstance(limit, int) else None
         paged = bool(getattr(backend, "paged", False))
         self.max_concurrency = int(getattr(backend, "max_concurrency", 0) or 1) if paged else 1
         self._info = {
@@ -285,6 +398,8 @@ class ExLlamaV2Engine:
             "device": str(getattr(backend, "device", "unknown")),
             "max_seq_len": self.max_seq_len,
         }
+        if self.max_tokens_limit is not None:
+            self._info["max_tokens_limit"] = self.max_tokens_limit
         self._thread = threading.Thread(target=self._run, name="dualcall-exllamav2", daemon=True)
         self._thread.start()
 
@@ -322,10 +437,13 @@ class ExLlamaV2Engine:
         handle = _Handle(
             request=request,
             loop=asyncio.get_running_loop(),
-            out=asyncio.Queue(),
             ident=next(self._ids),
+            stops=_StopFilter(request.stop),
         )
-        self._commands.put((_SUBMIT, handle))
+        with self._submit_lock:
+            if not self._accepting:
+                raise EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+            self._commands.put((_SUBMIT, handle))
         done = False
         try:
             while True:
@@ -343,21 +461,19 @@ class ExLlamaV2Engine:
                 # consumer went away (aclose / task cancel): cancel on the generator thread
                 self._commands.put((_CANCEL, handle))
 
-    async def _next(self, handle: _Handle) -> Chunk | BaseException:
-        try:
-            return handle.out.get_nowait()  # the common case while streaming: no timer
-        except asyncio.QueueEmpty:
-            pass
-        while True:
+    @staticmethod
+    async def _next(handle: _Handle) -> Chunk | BaseException:
+        # A plain future woken by `_receive`: no Task, no timer per token. Every submitted job is
+        # answered: by its chunks, by `_fail_all` (a failed step, shutdown, the thread dying), or
+        # by `_refuse_leftovers` (a submit the thread never read).
+        while not handle.items:
+            waiter: asyncio.Future[None] = handle.loop.create_future()
+            handle.waiter = waiter
             try:
-                return await asyncio.wait_for(handle.out.get(), self.poll_interval_s)
-            except TimeoutError:
-                thread = self._thread
-                if thread is None or not thread.is_alive():
-                    # the thread died (or stopped) without answering this job
-                    with contextlib.suppress(asyncio.QueueEmpty):
-                        return handle.out.get_nowait()
-                    return EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+                await waiter
+            finally:
+                handle.waiter = None
+        return handle.items.popleft()
 
     def _check_can_serve(self) -> None:
         if self._thread is None:
@@ -377,6 +493,21 @@ class ExLlamaV2Engine:
         except BaseException as exc:  # the thread dies: fail what it held; health() says so
             log.critical("exllamav2 generator thread died", exc_info=exc)
             self._fail_all(EngineError(f"generator thread died: {_one_line(exc)}", code="engine_unavailable"))
+        finally:
+            self._refuse_leftovers()
+
+    def _refuse_leftovers(self) -> None:
+        """On exit: stop taking submits, then answer the ones still queued."""
+        with self._submit_lock:
+            self._accepting = False
+        error = EngineError("the exllamav2 generator thread is not running", code="engine_unavailable")
+        while True:
+            try:
+                kind, handle = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == _SUBMIT and handle is not None:
+                self._deliver(handle, error)
 
     def _serve(self) -> None:
         backend = self._backend
@@ -448,10 +579,12 @@ class ExLlamaV2Engine:
             self._recover(exc)
             return
         self._iterate_since = None
+        outbox: _Outbox = []
         for result in results:
-            self._route(result)
+            self._route(result, outbox)
+        self._send(outbox)
 
-    def _route(self, result: dict[str, Any]) -> None:
+    def _route(self, result: dict[str, Any], outbox: _Outbox) -> None:
         if result.get("stage") != "streaming":
             return
         handle = self._state.live.get(id(result.get("job")))
@@ -460,35 +593,67 @@ class ExLlamaV2Engine:
         text = str(result.get("text") or "")
         tokens = count_tokens(result.get("token_ids"))
         stop: StopReason | None = None
-        if result.get("eos"):
+        finished = bool(result.get("eos"))
+        if finished:
             stop = stop_reason_for(result.get("eos_reason"))
             held = result.get("held")
-            if stop == "eos" and isinstance(held, dict):
-                # on a stop token exllamav2 leaves the held-back tail (incomplete UTF-8 and the
-                # EOS token itself) in "held"
-                text += str(held.get("text") or "")
+            if isinstance(held, dict):
+                # exllamav2 leaves what it held back in "held": incomplete UTF-8 and the EOS
+                # token on a stop token, the matched stop string and what follows on a stop string
+                text += self._without_stop_token(str(held.get("text") or ""), result)
                 tokens += count_tokens(held.get("token_ids"))
             new_tokens = result.get("new_tokens")
             if isinstance(new_tokens, int) and new_tokens >= handle.tokens:
                 tokens = new_tokens - handle.tokens  # the generator's own total wins
+        text, stopped = handle.stops.feed(text, final=finished)
+        if stopped:
+            stop = "stop"
+        if stop is not None:
             self._forget(handle)
+            if not finished:  # our filter ended it: the generator job still runs
+                self._cancel_job(handle.job)
         if not text and not tokens and stop is None:
             return
         handle.tokens += tokens
-        self._deliver(handle, Chunk(text=text, tokens=tokens, stop_reason=stop))
+        outbox.append((handle, Chunk(text=text, tokens=tokens, stop_reason=stop)))
+
+    def _without_stop_token(self, held_text: str, result: dict[str, Any]) -> str:
+        """The held text less the EOS token's own text (non-empty when the EOS id is an ordinary token)."""
+        token_id = result.get("eos_triggering_token_id")
+        piece_of = getattr(self._backend, "token_text", None)
+        if result.get("eos_reason") != "stop_token" or not isinstance(token_id, int) or not callable(piece_of):
+            return held_text
+        piece = str(piece_of(token_id))
+        return held_text[: -len(piece)] if piece and held_text.endswith(piece) else held_text
+
+    @staticmethod
+    def _send(outbox: _Outbox) -> None:
+        """One ``call_soon_threadsafe`` per event loop for everything one step produced."""
+        if not outbox:
+            return
+        loop = outbox[0][0].loop
+        if all(handle.loop is loop for handle, _ in outbox):
+            batches = {loop: outbox}
+        else:
+            batches = {}
+            for handle, item in outbox:
+                batches.setdefault(handle.loop, []).append((handle, item))
+        for target, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody listens
+                target.call_soon_threadsafe(_receive, batch)
 
     def _recover(self, exc: Exception) -> None:
         log.error("exllamav2 iterate() failed: %s", _one_line(exc), exc_info=exc)
-        self._fail_all(EngineError(f"generation failed: {_one_line(exc)}"))
+        # reset first, then answer the jobs: a consumer that sees the error sees a truthful health()
         reset = getattr(self._backend, "reset", None)
         try:
             if callable(reset):
                 reset()
         except Exception as reset_exc:
             self._broken = f"generator cannot recover: {_one_line(reset_exc)}"
-            return
-        if "CUDA error" in str(exc):
+        if self._broken is None and "CUDA error" in str(exc):
             self._broken = f"GPU error: {_one_line(exc)}"
+        self._fail_all(EngineError(f"generation failed: {_one_line(exc)}"))
 
     def _fail_all(self, error: EngineError) -> None:
         handles = list(self._state.by_ident.values())
@@ -501,10 +666,9 @@ class ExLlamaV2Engine:
     def _shutdown_jobs(self) -> None:
         self._fail_all(EngineError("the worker is shutting down", code="shutdown"))
 
-    @staticmethod
-    def _deliver(handle: _Handle, item: Chunk | BaseException) -> None:
-        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody listens
-            handle.loop.call_soon_threadsafe(handle.out.put_nowait, item)
+    @classmethod
+    def _deliver(cls, handle: _Handle, item: Chunk | BaseException) -> None:
+        cls._send([(handle, item)])
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -553,14 +717,21 @@ class ExLlamaV2Engine:
         seq_len = max(256, math.ceil(self.max_seq_len / 256) * 256)
         try:
             config = exllamav2.ExLlamaV2Config(str(self.model_dir))
+            config.arch_compat_overrides(quiet=True)
             if not flash:
                 # torch-SDPA gives wrong prefill without flash-attn (see docs/gpu.md)
                 config.no_sdpa = True
             config.max_seq_len = seq_len
+            tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
+            eos_ids = eos_token_ids(config, tokenizer)
+            if not eos_ids:  # checked before the weights load: a generator without one never stops
+                raise EngineUnavailable(
+                    f"the model in {self.model_dir} declares no EOS token id "
+                    "(config.json, generation_config.json or tokenizer_config.json)"
+                )
             model = exllamav2.ExLlamaV2(config)
             cache = exllamav2.ExLlamaV2Cache(model, max_seq_len=seq_len * (PAGED_BATCH if paged else 1), lazy=True)
             model.load_autosplit(cache, progress=False)
-            tokenizer = exllamav2.ExLlamaV2Tokenizer(config)
             if paged:
                 generator = ExLlamaV2DynamicGenerator(
                     model=model,
@@ -573,22 +744,24 @@ class ExLlamaV2Engine:
                 generator = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=False)
             generator.warmup()
             device = str(torch.cuda.get_device_name(0))
+            backend = _ExLlamaV2Backend(
+                generator=generator,
+                tokenizer=tokenizer,
+                settings_cls=ExLlamaV2Sampler.Settings,
+                job_cls=ExLlamaV2DynamicJob,
+                max_seq_len=seq_len,
+                paged=paged,
+                flash_attn=flash,
+                device=device,
+                max_concurrency=PAGED_BATCH if paged else 1,
+                eos_token_ids=eos_ids,
+            )
         except EngineUnavailable:
             raise
         except Exception as exc:
             raise EngineUnavailable(f"could not load the model from {self.model_dir}: {_one_line(exc)}") from None
         self.max_seq_len = seq_len
-        return _ExLlamaV2Backend(
-            generator=generator,
-            tokenizer=tokenizer,
-            settings_cls=ExLlamaV2Sampler.Settings,
-            job_cls=ExLlamaV2DynamicJob,
-            max_seq_len=seq_len,
-            paged=paged,
-            flash_attn=flash,
-            device=device,
-            max_concurrency=PAGED_BATCH if paged else 1,
-        )
+        return backend
 
 
 def _one_line(exc: BaseException) -> str:
