@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,32 @@ CHROMIUM_ARGS = [
 _skip_reasons: list[str] = []
 
 
+#: set by `.ci/run`, which installs Chromium while the other tox environments run: a file that says
+#: "installing" until the install ends, then "done <exit status>"
+INSTALL_STATUS = os.environ.get("DUALCALL_CHROMIUM_INSTALL")
+INSTALL_WAIT_S = 600.0
+
+
+def _chromium_present() -> bool:
+    return (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)) or shutil.which(CHROMIUM) is not None
+
+
+def _wait_for_ci_install() -> None:
+    """Wait (bounded) for the concurrent CI install of Chromium to end, whatever its outcome."""
+    if not INSTALL_STATUS:
+        return
+    status = Path(INSTALL_STATUS)
+    deadline = time.monotonic() + INSTALL_WAIT_S
+    while time.monotonic() < deadline:
+        if not status.exists() or status.read_text(encoding="utf-8").startswith("done"):
+            return
+        time.sleep(1.0)
+
+
 def _missing_prerequisite() -> str | None:
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
+    if not _chromium_present():
+        _wait_for_ci_install()
+    if not _chromium_present():
         return f"no Chromium at {CHROMIUM} (install Debian's package: apt-get install -y chromium)"
     try:
         import playwright.sync_api  # noqa: F401

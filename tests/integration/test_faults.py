@@ -32,7 +32,8 @@ from workers.engines.mock import MockEngine
 pytestmark = pytest.mark.slow
 
 SOAK = max(1, int(os.environ.get("DUALCALL_SOAK", "1") or "1"))
-METRIC = re.compile(r"^(dualcall_\w+) (\d+)$", re.MULTILINE)
+#: an unlabelled sample: `dualcall_jobs_failed_total 3.0` (prometheus_client writes floats)
+METRIC = re.compile(r"^(dualcall_\w+) (\d+)(?:\.0)?$", re.MULTILINE)
 
 
 def scaled(count: int) -> int:
