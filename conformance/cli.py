@@ -28,15 +28,15 @@ from conformance.probe import TargetUnusable
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"dualcall-conformance: error: {message} (see --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
-def _positive(text: str) -> float:
+def positive_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -57,7 +57,7 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="dualcall-conformance",
         description=(
             f"Check that an LLM worker implements the dual-call streaming contract v{contract_version()} "
@@ -88,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token for workers with auth on (default: $DUALCALL_TOKEN)",
     )
     parser.add_argument(
-        "--timeout", type=_positive, default=10.0, metavar="S", help="per-request timeout (default: 10)"
+        "--timeout", type=positive_number, default=10.0, metavar="S", help="per-request timeout (default: 10)"
     )
     parser.add_argument(
         "--ttl-budget",
-        type=_positive,
+        type=positive_number,
         default=6.0,
         metavar="S",
         help="longest advertised job TTL the suite waits out to check reclaim (default: 6)",

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from workers.config import WorkerSettings
 from workers.engines.base import Engine, GenerationRequest, StopReason
-from workers.metrics import JobMetrics
+from workers.metrics import CountedRegistry, JobMetrics
 from workers.registry import JobRegistry
 from workers.schemas import ErrorInfo, JobState
 
@@ -46,7 +46,7 @@ class JobView(Protocol):
     def error(self) -> ErrorInfo | None: ...
 
 
-class RegistryBackend(Protocol):
+class RegistryBackend(CountedRegistry, Protocol):
     """The public surface of a job registry, as `workers.app` and `workers.metrics` use it.
 
     Errors: `submit` raises `workers.registry.QueueFull`; `get`, `cancel` and `open_stream` raise
@@ -55,20 +55,9 @@ class RegistryBackend(Protocol):
     """
 
     @property
-    def engine(self) -> Engine: ...
-    @property
     def settings(self) -> WorkerSettings: ...
     @property
-    def counters(self) -> dict[str, int]: ...
-    @property
-    def active(self) -> int: ...
-    @property
-    def queued(self) -> int: ...
-    @property
     def metrics(self) -> JobMetrics: ...
-    @property
-    def open_readers(self) -> int: ...
-    def __len__(self) -> int: ...
 
     def start(self) -> None:
         """Called on the running loop once the engine has started."""

@@ -24,27 +24,12 @@ from conformance.callers.grade import build_report
 from conformance.callers.record import ScenarioRun
 from conformance.callers.rules import RULES
 from conformance.callers.scenarios import SCENARIOS, Scenario
+from conformance.cli import OneLineErrorParser, positive_number
 from conformance.contract import contract_version
 from conformance.model import Report, Threshold
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "dualcall-conformance serve-callers"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _jobs(text: str) -> int:
@@ -60,7 +45,7 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description=(
             f"Check that a caller (an orchestrator) follows the dual-call hand-off, contract v{contract_version()}: "
@@ -77,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenarios", metavar="NAME,...", help="run only these scenarios (see --list)")
     parser.add_argument(
-        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S", help="per-scenario limit (default: 20)"
+        "--timeout",
+        type=positive_number,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="per-scenario limit (default: 20)",
     )
     parser.add_argument("--jobs", type=_jobs, default=4, metavar="N", help="scenarios run at once (default: 4)")
     parser.add_argument("--level", choices=("must", "should"), default="must", help="what fails the run")
@@ -87,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=0, help="primary port (default: a free one)")
     parser.add_argument("--second-port", type=_port, default=0, help="second listener's port (default: a free one)")
-    parser.add_argument("--duration", type=_seconds, metavar="S", help="without --caller: serve S seconds, then grade")
+    parser.add_argument(
+        "--duration", type=positive_number, metavar="S", help="without --caller: serve S seconds, then grade"
+    )
     parser.add_argument("--list", action="store_true", help="print the caller rules and scenarios and exit")
     parser.add_argument("--markdown", action="store_true", help="with --list: print the catalogue as Markdown")
     return parser
