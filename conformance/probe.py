@@ -24,6 +24,8 @@ from conformance.sse import FramingIssue, SSEEvent, SSEParser
 MAX_STREAM_BYTES: Final = 4 * 1024 * 1024
 #: how long a worker gets to close the connection after ``data: [DONE]``
 CLOSE_GRACE_S: Final = 2.0
+#: methods a transport failure before any response may be retried for (RFC 9110 §9.2.2)
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 #: how often the stream watchdog looks at the clock
 _WATCH_INTERVAL_S: Final = 0.1
 
@@ -189,6 +191,19 @@ class Probe:
             self.exchanges.append(exchange)
             self.all_exchanges.append(exchange)
 
+    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send; an idempotent request whose kept-alive connection the server closed just then is sent once more.
+
+        A server may close an idle keep-alive connection at the moment the client reuses it; the
+        request never reached the worker, so that is no evidence about the worker (RFC 9110 §9.2.2).
+        """
+        try:
+            return self.http.send(request, stream=stream)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if request.method not in _IDEMPOTENT:
+                raise
+            return self.http.send(request, stream=stream)
+
     def _check_budget(self) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise BudgetSpent("the check used up its time budget")
@@ -224,7 +239,7 @@ class Probe:
         )
         started = time.perf_counter()
         try:
-            response = self.http.send(request)
+            response = self._send(request)
         except httpx.HTTPError as exc:
             exchange.error = f"{type(exc).__name__}: {exc}"
             self._record(exchange)
@@ -276,7 +291,7 @@ class Probe:
         if max_duration_s is not None:
             ends.append(time.monotonic() + max_duration_s)
         try:
-            response = self.http.send(request, stream=True)
+            response = self._send(request, stream=True)
             capture.status = response.status_code
             capture.headers = dict(response.headers)
             watchdog = _Watchdog(capture, response, deadline=min(ends) if ends else None, stall_s=self.stall_s)

@@ -123,7 +123,10 @@ def disconnect_harmless(ctx: Context) -> str:
             refused = True
             break
         if capture.status != 200:
-            raise CheckFailed(f"GET sse_url of a job being read answered {capture.status}, expected 200 or 409")
+            raise CheckFailed(
+                f"GET sse_url of a job being read answered {capture.status}, expected 200 or 409",
+                f"read ended: {capture.error or 'connection closed'}",
+            )
         dropped += 1
     reader.join()
     _expect_intact(ctx, job, survivor[0], "the reader that stayed")
