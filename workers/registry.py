@@ -49,7 +49,9 @@ def new_job_id() -> str:
 
 
 @dataclass(eq=False)
-class Job:
+class JobRecord:
+    """What every registry backend knows of a job it generates: the fields of its `JobStatus`."""
+
     id: str
     request: GenerationRequest
     created_at: float = field(default_factory=time.time)
@@ -59,6 +61,10 @@ class Job:
     tokens_out: int = 0
     stop_reason: StopReason | None = None
     error: ErrorInfo | None = None
+
+
+@dataclass(eq=False)
+class Job(JobRecord):
     #: encoded events; event id ``n`` is at index ``n - 1``; a finished log ends with DONE
     events: list[bytes] = field(default_factory=list)
     readers: int = 0

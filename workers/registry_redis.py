@@ -47,7 +47,7 @@ from workers.config import WorkerSettings
 from workers.engines.base import Engine, EngineError, GenerationRequest, StopReason
 from workers.metrics import JobMetrics
 from workers.problems import ProblemException
-from workers.registry import CANCEL_GRACE_S, FinalEventDelivered, QueueFull, UnknownJob, new_job_id
+from workers.registry import CANCEL_GRACE_S, FinalEventDelivered, JobRecord, QueueFull, UnknownJob, new_job_id
 from workers.registry_redis_scripts import APPEND, CANCEL, FORGET, OPEN, SUBMIT, TOUCH
 from workers.schemas import EndData, ErrorInfo, JobState, StartedData, TokenData
 
@@ -137,18 +137,9 @@ class JobSnapshot:
 
 
 @dataclass(eq=False)
-class OwnedJob:
+class OwnedJob(JobRecord):
     """A job generating (or waiting for a slot) on this replica."""
 
-    id: str
-    request: GenerationRequest
-    created_at: float = field(default_factory=time.time)
-    state: JobState = "queued"
-    started_at: float | None = None
-    finished_at: float | None = None
-    tokens_out: int = 0
-    stop_reason: StopReason | None = None
-    error: ErrorInfo | None = None
     task: asyncio.Task[None] | None = None
     #: "shutdown" ends readers with an error event; "reclaimed" publishes nothing (the record is gone)
     cancel_reason: str = "cancelled"
