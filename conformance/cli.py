@@ -36,6 +36,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def report_console() -> Console:
+    """The console both CLIs print reports on: outside a terminal (CI logs) lines are never hard-wrapped."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        console.width = max(console.width, 120)
+    return console
+
+
 def positive_number(text: str) -> float:
     try:
         value = float(text)
@@ -154,10 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_callers(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.soft_wrap = True  # CI logs: one line per check, never hard-wrapped
-        console.width = max(console.width, 120)
+    console = report_console()
     if args.list and args.markdown:
         from conformance.runner import catalogue_markdown
 

@@ -24,7 +24,7 @@ from conformance.callers.grade import build_report
 from conformance.callers.record import ScenarioRun
 from conformance.callers.rules import RULES
 from conformance.callers.scenarios import SCENARIOS, Scenario
-from conformance.cli import OneLineErrorParser, positive_number
+from conformance.cli import OneLineErrorParser, positive_number, report_console
 from conformance.contract import contract_version
 from conformance.model import Report, Threshold
 
@@ -107,9 +107,7 @@ def _scenario_line(console: Console, run: ScenarioRun) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 120)
+    console = report_console()
     if args.list and args.markdown:
         from conformance.callers.catalogue import catalogue_markdown
 
