@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 from workerproc import WorkerProcess
 
 from workers.__main__ import build_parser
@@ -286,13 +286,6 @@ def test_python_block(block: Block, default_workers: dict[str, WorkerProcess], t
 # -- CI recipes (docs/ci.md) --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def ci_recipes() -> list[tuple[str, list[str], list[str]]]:
     """(name, shell steps, artifact paths) of each recipe in docs/ci.md."""
     recipes = []
@@ -316,7 +309,7 @@ def ci_recipes() -> list[tuple[str, list[str], list[str]]]:
 def test_ci_recipe(recipe: tuple[str, list[str], list[str]], tmp_path: Path) -> None:
     name, steps, artifacts = recipe
     assert artifacts, f"{name}: no report is kept as an artifact"
-    port = str(_free_port())
+    port = str(free_port())
     sessions: list[subprocess.Popen[str]] = []
     try:
         for step in steps:

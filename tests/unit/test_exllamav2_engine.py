@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from helpers import wait_until_async
 
 from workers.engines.base import (
     Chunk,
@@ -167,13 +168,6 @@ async def engine() -> AsyncIterator[tuple[ExLlamaV2Engine, FakeGenerator]]:
     await asyncio.wait_for(eng.close(), TIMEOUT)
 
 
-async def wait_until(cond: Any) -> None:
-    """Poll a condition the generator thread makes true (no event to wait on across threads)."""
-    async with asyncio.timeout(TIMEOUT):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -280,7 +274,7 @@ async def test_close_iterator_cancels_on_generator_thread(
     first = await asyncio.wait_for(it.__anext__(), TIMEOUT)
     assert first.text == "t0 "
     await it.aclose()
-    await wait_until(lambda: len(fake.cancelled) == 1)
+    await wait_until_async(lambda: len(fake.cancelled) == 1, "the generator job cancelled")
     assert fake.cancelled[0].cancelled_on == "dualcall-exllamav2"
     assert fake.num_remaining_jobs() == 0
     chunks = await collect(eng, req(3))
@@ -301,7 +295,7 @@ async def test_task_cancel_cancels_job(engine: tuple[ExLlamaV2Engine, FakeGenera
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: len(fake.cancelled) == 1)
+    await wait_until_async(lambda: len(fake.cancelled) == 1, "the generator job cancelled")
     assert (await collect(eng, req(2)))[-1].stop_reason == "max_tokens"
 
 
@@ -342,7 +336,7 @@ async def test_disconnect_storm_leaves_engine_serving(
         await it.aclose()  # type: ignore[attr-defined]
 
     await asyncio.wait_for(asyncio.gather(*(read_some(i, it) for i, it in enumerate(iterators))), TIMEOUT)
-    await wait_until(lambda: fake.num_remaining_jobs() == 0)
+    await wait_until_async(lambda: fake.num_remaining_jobs() == 0, "the generator to finish its jobs")
     assert len(fake.cancelled) == 50
     assert threading.active_count() == threads_before
     assert eng.health().ok
@@ -389,7 +383,7 @@ async def test_thread_death_turns_health_off_and_fails_waiters(
     fake.die_next = True
     with pytest.raises(EngineError):
         await collect(eng, req(3))
-    await wait_until(lambda: not eng.health().ok)
+    await wait_until_async(lambda: not eng.health().ok, "the engine to report unhealthy")
     assert "died" in eng.health().detail
     with pytest.raises(EngineError):
         await collect(eng, req(3))
@@ -708,7 +702,7 @@ async def test_stop_found_by_the_engine_cancels_the_running_job() -> None:
         assert "".join(c.text for c in chunks) == "x"
         assert chunks[-1].stop_reason == "stop"
         assert sum(c.tokens for c in chunks) == 3
-        await wait_until(lambda: len(gen.cancelled) == 1)
+        await wait_until_async(lambda: len(gen.cancelled) == 1, "the generator job cancelled")
         assert gen.cancelled[0].cancelled_on == "dualcall-exllamav2"
         assert not eng._state.live
         again = await collect(eng, req(100, stop=("STOP",)))  # the generator keeps serving
