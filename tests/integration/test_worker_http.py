@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -429,10 +430,11 @@ def test_delete_running_job_ends_attached_reader(client: httpx.Client, slow_work
         assert deleted.headers[CONTRACT] == VERSION
         assert deleted.json()["state"] == "cancelled"
         assert deleted.json()["job_id"] == submitted["job_id"]
+        # the job had 1000 tokens at 100 ms each to go: a stream the DELETE did not end outlives the deadline
+        deadline = time.monotonic() + DEADLINE_S
         for chunk in chunks:
             raw += chunk
-    # the stream ended (the client's read timeout turns a hang into a failure) because of the DELETE:
-    # the job had 1000 tokens at 100 ms each to go
+            assert time.monotonic() < deadline, "the attached stream went on after the DELETE"
     events = events_of(bytes(raw))
     event, data = final_event(events)
     assert (event, data["stop_reason"]) == ("end", "cancelled")
