@@ -414,3 +414,79 @@ def test_private_reaches_are_found_however_they_are_written(tmp_path: Path) -> N
         "6: worker_app._decode_request",
         "7: registry.JobRegistry._sweep",
     ]
+
+
+# -- docs/architecture.md names what is there, and everything that is there --------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+#: a name in the tree's name column: `cli.py`, `checks/`, `engines/mock.py`, `redis_scripts/*.lua`
+_NAME = re.compile(r"^[\w.*-]+(/[\w.*-]+)*/?$")
+
+
+def tree_names(text: str) -> dict[str, list[str]]:
+    """{top-level folder: the paths named under it} from the first fenced block of the document.
+
+    A line is ``[folder/]  names  [description]``, its columns separated by two or more spaces; a line
+    that starts with spaces continues the folder above. Names are separated by spaces or commas.
+    """
+    block = text.split("```", 2)[1].split("\n", 1)[1]
+    named: dict[str, list[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        columns = re.split(r"\s{2,}", line)
+        if not line.startswith(" "):
+            folder = columns[0].rstrip("/")
+        names_column = columns[1] if len(columns) > 1 else ""
+        tokens = [token for token in re.split(r"[,\s]+", names_column) if token]
+        assert all(_NAME.match(token) for token in tokens), f"not a list of paths: {names_column!r} in {line!r}"
+        named.setdefault(folder, []).extend(tokens)
+    return named
+
+
+def test_every_path_the_architecture_names_exists() -> None:
+    missing = [
+        f"{folder}/{name}"
+        for folder, names in tree_names(ARCHITECTURE.read_text(encoding="utf-8")).items()
+        for name in names
+        if not list(ROOT.glob(f"{folder}/{name.rstrip('/')}"))
+    ]
+    assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def architecture_subjects() -> set[str]:
+    """Each package under conformance/ and workers/, each top-level module of the two, each test folder."""
+    subjects: set[str] = set()
+    for package in PACKAGES:
+        top = ROOT / package
+        subjects |= {str(path.relative_to(ROOT)) for path in top.glob("*.py") if path.name != "__init__.py"}
+        subjects |= {str(path.parent.relative_to(ROOT)) for path in top.rglob("__init__.py") if path.parent != top}
+    tests = ROOT / "tests"
+    subjects |= {
+        str(path.relative_to(ROOT))
+        for path in tests.iterdir()
+        if path.is_dir() and not path.name.startswith((".", "_"))
+    }
+    return subjects
+
+
+def test_the_architecture_names_every_package_module_and_test_folder() -> None:
+    named = {
+        f"{folder}/{name.rstrip('/')}"
+        for folder, names in tree_names(ARCHITECTURE.read_text(encoding="utf-8")).items()
+        for name in names
+    }
+    unnamed = sorted(architecture_subjects() - named)
+    assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
+
+
+def test_the_tree_reader_reads_folders_names_and_descriptions() -> None:
+    text = (
+        "# Title\n\n```\n"
+        "pkg/     a.py, sub/         what a and sub do, in words: b.py here is prose\n"
+        "         sub/c.py           more words\n"
+        "tests/   unit/ browser/     test folders\n"
+        "```\n\nProse with `x.py`.\n"
+    )
+    assert tree_names(text) == {"pkg": ["a.py", "sub/", "sub/c.py"], "tests": ["unit/", "browser/"]}
