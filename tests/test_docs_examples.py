@@ -6,8 +6,8 @@ What runs, against workers started on free loopback ports (port 8000 in the docs
 - ``console`` blocks: each ``$ command`` (with ``\\`` continuations) runs in bash in a temporary
   directory. The lines after it are its expected output: ``...`` stands for anything, and a job id
   shown in an output (``"job_id":"..."``) stands for the real one, which later commands then use.
-  ``python -m workers mock|legacy`` lines start that worker (on a free port) for the block; their
-  expected output is compared with the worker's banner.
+  ``dualcall-worker mock|legacy`` lines (or ``python -m workers ...``) start that worker (on a free
+  port) for the block; their expected output is compared with the worker's banner.
 - ``python`` blocks: each runs in a fresh interpreter.
 - ``yaml`` blocks of docs/ci.md: the GitHub Actions and GitLab CI recipes, step by step.
 
