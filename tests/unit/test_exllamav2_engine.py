@@ -25,9 +25,10 @@ from workers.engines.base import (
 from workers.engines.exllamav2 import (
     INSTALL_HINT,
     NO_CUDA,
+    ExLlamaV2Backend,
     ExLlamaV2Engine,
-    _ExLlamaV2Backend,
-    _StopFilter,
+    JobHandle,
+    StopFilter,
     count_tokens,
     eos_token_ids,
     sampler_params,
@@ -515,8 +516,8 @@ class RecordingJob:
         self.kw = kw
 
 
-def real_backend(max_seq_len: int = 64) -> _ExLlamaV2Backend:
-    return _ExLlamaV2Backend(
+def real_backend(max_seq_len: int = 64) -> ExLlamaV2Backend:
+    return ExLlamaV2Backend(
         generator=types.SimpleNamespace(pending_jobs=[], active_jobs=[]),
         tokenizer=FakeTokenizer(),
         settings_cls=FakeSettings,
@@ -557,7 +558,7 @@ def test_real_backend_rejects_too_long() -> None:
 
 
 def test_real_backend_every_eos_id_is_a_stop_token() -> None:
-    backend = _ExLlamaV2Backend(
+    backend = ExLlamaV2Backend(
         generator=types.SimpleNamespace(pending_jobs=[], active_jobs=[]),
         tokenizer=FakeTokenizer(),
         settings_cls=FakeSettings,
@@ -576,7 +577,7 @@ def test_real_backend_every_eos_id_is_a_stop_token() -> None:
 
 def test_real_backend_without_eos_is_engine_unavailable() -> None:
     with pytest.raises(EngineUnavailable, match="no EOS token id"):
-        _ExLlamaV2Backend(
+        ExLlamaV2Backend(
             generator=None,
             tokenizer=FakeTokenizer(),
             settings_cls=FakeSettings,
@@ -600,14 +601,14 @@ def test_eos_token_ids_from_every_source() -> None:
 
 
 def test_stop_filter_holds_a_partial_stop_and_cuts_at_the_first() -> None:
-    f = _StopFilter(("END", "\n\n"))
+    f = StopFilter(("END", "\n\n"))
     assert f.feed("abc E") == ("abc ", False)
     assert f.feed("N") == ("", False)
     assert f.feed("x") == ("ENx", False)
     assert f.feed("y\n\nzEND") == ("y", True)
-    g = _StopFilter(("END",))
+    g = StopFilter(("END",))
     assert g.feed("tail E", final=True) == ("tail E", False)  # the end flushes what was held
-    assert _StopFilter(()).feed("END") == ("END", False)
+    assert StopFilter(()).feed("END") == ("END", False)
 
 
 def test_real_backend_holds_and_cancel() -> None:
@@ -897,16 +898,16 @@ async def test_generation_config_eos_ids_pass_the_check(tmp_path: Path, monkeypa
 @pytest.mark.asyncio
 async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Everything one iterate() produced crosses to the loop in ONE call_soon_threadsafe."""
-    import workers.engines.exllamav2 as module
-
+    loop = asyncio.get_running_loop()
     batches: list[int] = []
-    real_receive = module._receive
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
 
-    def counting(batch: Any) -> None:
-        batches.append(len(batch))
-        real_receive(batch)
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], list) and all(isinstance(item, tuple) for item in args[0]):
+            batches.append(len(args[0]))  # a generator step's (handle, chunk) pairs
+        return real_call_soon_threadsafe(callback, *args, **kwargs)
 
-    monkeypatch.setattr(module, "_receive", counting)
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
     gen = FakeGenerator(paged=True, step_delay=0.002)
     eng, _ = make_engine(gen)
     await eng.start()
@@ -922,10 +923,8 @@ async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.asyncio
 async def test_a_submit_the_exiting_thread_never_read_is_answered() -> None:
-    from workers.engines.exllamav2 import _Handle
-
     eng, _ = make_engine()
-    handle = _Handle(request=req(), loop=asyncio.get_running_loop(), ident=99)
+    handle = JobHandle(request=req(), loop=asyncio.get_running_loop(), ident=99)
     eng._commands.put(("submit", handle))
     eng._refuse_leftovers()  # what the generator thread runs on its way out
     item = await asyncio.wait_for(eng._next(handle), TIMEOUT)  # answered, not left waiting

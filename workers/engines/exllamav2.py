@@ -23,7 +23,7 @@ Stop strings and EOS
 --------------------
 exllamav2 checks ``max_new_tokens`` before stop strings, and skips the stop check while it holds
 back incomplete UTF-8, so a stop string can reach its text. The engine therefore applies the
-request's stop strings itself, to the accumulated text (`_StopFilter`, the mock's rule): the text
+request's stop strings itself, to the accumulated text (`StopFilter`, the mock's rule): the text
 ends before the first occurrence, the reason is ``stop``, and the generator job is cancelled if it
 still runs. Every EOS id the model declares (``config.json``, ``generation_config.json``, the
 tokenizer) is a stop token.
@@ -68,7 +68,15 @@ from workers.engines.base import (
     StopReason,
 )
 
-__all__ = ["ExLlamaV2Engine", "eos_token_ids", "sampler_params", "stop_reason_for"]
+__all__ = [
+    "ExLlamaV2Backend",
+    "ExLlamaV2Engine",
+    "JobHandle",
+    "StopFilter",
+    "eos_token_ids",
+    "sampler_params",
+    "stop_reason_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +157,7 @@ def count_tokens(token_ids: object) -> int:
         return 0
 
 
-class _StopFilter:
+class StopFilter:
     """Applies a request's stop strings to the accumulated text, whatever the generator reports.
 
     ``feed`` returns the text that is safe to emit now and whether a stop string was found; the
@@ -192,7 +200,7 @@ class _Backend(Protocol):
     """What the generator thread needs from a generator. Called on the generator thread only.
 
     ``generator_factory()`` returns one of these (tests use fakes); the real one is
-    `_ExLlamaV2Backend`. Optional attributes read with defaults: ``paged`` (bool),
+    `ExLlamaV2Backend`. Optional attributes read with defaults: ``paged`` (bool),
     ``flash_attn`` (bool), ``device`` (str), ``max_concurrency`` (int), and ``reset()`` (called
     after ``iterate()`` raised, to drop whatever the generator still holds).
     """
@@ -213,7 +221,7 @@ class _Backend(Protocol):
     def cancel(self, job: Any) -> None: ...
 
 
-class _ExLlamaV2Backend:
+class ExLlamaV2Backend:
     """The real backend around ``ExLlamaV2DynamicGenerator`` (classes injected for tests)."""
 
     def __init__(
@@ -300,7 +308,7 @@ class _ExLlamaV2Backend:
 
 
 @dataclass(eq=False)
-class _Handle:
+class JobHandle:
     """One job as the bridge sees it: where its results go, and its generator job.
 
     ``items`` and ``waiter`` belong to the event loop (touched only in loop callbacks and in
@@ -314,10 +322,10 @@ class _Handle:
     waiter: asyncio.Future[None] | None = None
     job: Any = None
     tokens: int = 0
-    stops: _StopFilter = field(default_factory=lambda: _StopFilter(()))
+    stops: StopFilter = field(default_factory=lambda: StopFilter(()))
 
 
-_Outbox = list[tuple[_Handle, Chunk | BaseException]]
+_Outbox = list[tuple[JobHandle, Chunk | BaseException]]
 
 
 def _receive(batch: _Outbox) -> None:
@@ -331,8 +339,8 @@ def _receive(batch: _Outbox) -> None:
 
 @dataclass
 class _State:
-    live: dict[int, _Handle] = field(default_factory=dict)  # id(job) → handle
-    by_ident: dict[int, _Handle] = field(default_factory=dict)
+    live: dict[int, JobHandle] = field(default_factory=dict)  # id(job) → handle
+    by_ident: dict[int, JobHandle] = field(default_factory=dict)
 
 
 _SUBMIT, _CANCEL, _STOP = "submit", "cancel", "stop"
@@ -364,7 +372,7 @@ class ExLlamaV2Engine:
         self.max_tokens_limit: int | None = None
         self._factory = generator_factory
         self._backend: Any = None
-        self._commands: queue.SimpleQueue[tuple[str, _Handle | None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, JobHandle | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # submits and the generator thread's exit take this lock, so no job is submitted to a
         # thread that has already drained its command queue for the last time
@@ -434,11 +442,11 @@ class ExLlamaV2Engine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         self._check_can_serve()
-        handle = _Handle(
+        handle = JobHandle(
             request=request,
             loop=asyncio.get_running_loop(),
             ident=next(self._ids),
-            stops=_StopFilter(request.stop),
+            stops=StopFilter(request.stop),
         )
         with self._submit_lock:
             if not self._accepting:
@@ -462,7 +470,7 @@ class ExLlamaV2Engine:
                 self._commands.put((_CANCEL, handle))
 
     @staticmethod
-    async def _next(handle: _Handle) -> Chunk | BaseException:
+    async def _next(handle: JobHandle) -> Chunk | BaseException:
         # A plain future woken by `_receive`: no Task, no timer per token. Every submitted job is
         # answered: by its chunks, by `_fail_all` (a failed step, shutdown, the thread dying), or
         # by `_refuse_leftovers` (a submit the thread never read).
@@ -533,7 +541,7 @@ class ExLlamaV2Engine:
                 continue
             self._step()
 
-    def _submit(self, handle: _Handle) -> None:
+    def _submit(self, handle: JobHandle) -> None:
         if self._broken is not None:
             self._deliver(handle, EngineError(self._broken, code="engine_unavailable"))
             return
@@ -550,7 +558,7 @@ class ExLlamaV2Engine:
         self._state.live[id(job)] = handle
         self._state.by_ident[handle.ident] = handle
 
-    def _cancel(self, handle: _Handle) -> None:
+    def _cancel(self, handle: JobHandle) -> None:
         # Only jobs we still track and the generator still holds; a job that finished in the
         # meantime is the normal race and needs nothing.
         if self._state.by_ident.get(handle.ident) is not handle:
@@ -566,7 +574,7 @@ class ExLlamaV2Engine:
         except Exception:  # e.g. AssertionError for a job that finished meanwhile
             log.debug("cancel of a job the generator no longer holds", exc_info=True)
 
-    def _forget(self, handle: _Handle) -> None:
+    def _forget(self, handle: JobHandle) -> None:
         self._state.live.pop(id(handle.job), None)
         self._state.by_ident.pop(handle.ident, None)
 
@@ -667,7 +675,7 @@ class ExLlamaV2Engine:
         self._fail_all(EngineError("the worker is shutting down", code="shutdown"))
 
     @classmethod
-    def _deliver(cls, handle: _Handle, item: Chunk | BaseException) -> None:
+    def _deliver(cls, handle: JobHandle, item: Chunk | BaseException) -> None:
         cls._send([(handle, item)])
 
     # -- loading ------------------------------------------------------------------------------
@@ -692,7 +700,7 @@ class ExLlamaV2Engine:
         if not has_weights:
             raise EngineUnavailable(f"model directory {d} has no *.safetensors weights")
 
-    def _load(self) -> _ExLlamaV2Backend:
+    def _load(self) -> ExLlamaV2Backend:
         try:
             import torch  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
@@ -744,7 +752,7 @@ class ExLlamaV2Engine:
                 generator = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=False)
             generator.warmup()
             device = str(torch.cuda.get_device_name(0))
-            backend = _ExLlamaV2Backend(
+            backend = ExLlamaV2Backend(
                 generator=generator,
                 tokenizer=tokenizer,
                 settings_cls=ExLlamaV2Sampler.Settings,
