@@ -20,39 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from conformance import __version__
-from conformance.checks import AREAS
+from conformance.cli_support import EXIT_USAGE, OneLineErrorParser, positive_number, report_console
 from conformance.context import Options
 from conformance.contract import contract_version
 from conformance.probe import TargetUnusable
+from conformance.registry import AREAS
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def report_console() -> Console:
-    """The console both CLIs print reports on: outside a terminal (CI logs) lines are never hard-wrapped."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.soft_wrap = True
-        console.width = max(console.width, 120)
-    return console
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _count(text: str) -> int:
