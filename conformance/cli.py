@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     from conformance.report import ConsoleProgress, render_console, write_html, write_json, write_junit
-    from conformance.runner import RunConfig, catalogue, run, unknown_ids
+    from conformance.runner import RunConfig, run, selected_checks, unknown_ids
 
     only: frozenset[str] | None = None
     if args.checks:
@@ -179,11 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=seed,
         require_all=args.require_all,
     )
-    selected = [spec for spec in catalogue() if (only is None or spec.id in only)]
-    if args.no_fuzz:
-        selected = [spec for spec in selected if spec.area != "fuzz"]
+    selected = selected_checks(config)
     console.print(f"[bold]dualcall conformance[/] {__version__} — contract {contract_version()} — target {target}")
-    if any(spec.area == "fuzz" for spec in selected):
+    if any(check.seeded for check in selected):
         console.print(f"fuzz seed {seed} (replay with --seed {seed})", markup=False)
     try:
         with ConsoleProgress(console, total=len(selected)) as progress:
