@@ -250,7 +250,11 @@ def test_token_is_sent_and_masked() -> None:
         _stop(process)
     # Without the token nothing is accepted, so no link can be followed.
     assert _by_id(unauthenticated)["DC-FUZZ-003"].outcome == "failed"
-    assert "s3cret" not in json.dumps([result.to_dict() for result in results + unauthenticated])
+    shown = [
+        [result.message, *result.details, *(exchange.to_dict() for exchange in result.exchanges)]
+        for result in results + unauthenticated
+    ]
+    assert "s3cret" not in json.dumps(shown)
 
 
 def test_legacy_worker_fails_with_a_curl_line(legacy_url: str) -> None:
