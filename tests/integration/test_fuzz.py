@@ -264,7 +264,7 @@ def test_legacy_worker_fails_with_a_curl_line(legacy_url: str) -> None:
     assert failed, _explain(results)
     for result in failed:
         assert result.exchanges and result.details
-        curls = [exchange["curl"] for exchange in result.evidence["exchanges"]]  # type: ignore[union-attr]
+        curls = [exchange.curl() for exchange in result.exchanges]
         assert any(curl.startswith("curl ") and legacy_url in curl for curl in curls)
         assert len(result.exchanges) <= 5
 
