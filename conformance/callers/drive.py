@@ -186,6 +186,7 @@ def run_callers(
     on_scenario: Callable[[ScenarioRun], None] | None = None,
     server: ArenaServer | None = None,
     jobs: int = 1,
+    require_all: bool = False,
 ) -> Report:
     """Run *caller* once per scenario against the adversarial worker and grade it.
 
@@ -222,4 +223,5 @@ def run_callers(
         started_at=started_at,
         duration_s=time.monotonic() - clock,
         adversary=arena_server.arena.base_url,
+        require_all=require_all,
     )
