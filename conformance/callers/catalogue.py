@@ -139,7 +139,9 @@ def catalogue_markdown() -> str:
         f"- `slow-first-token` advertises `keepalive_s` {SHORT_KEEPALIVE_S:g} and is silent for "
         f"{SLOW_FIRST_TOKEN_S:g} s: a caller",
         "  that gives up within that silence without resuming breaks DC-C-11 (a SHOULD rule: a warning",
-        "  unless `--level should`);",
+        "  unless `--level should`). A fixed read timeout between that silence and the default 15 s,",
+        "  blind to `/health`, is not caught here, though it breaks against a worker with the default",
+        "  interval;",
         f"- a caller still running after the per-scenario timeout (`--timeout`, {DEFAULT_TIMEOUT_S:g} s) is "
         "killed (SIGKILL).",
     ]
