@@ -57,18 +57,16 @@ def exchange(hit: Hit) -> Exchange:
     )
 
 
-def _built_for(rule: CallerRule, finding: Finding) -> bool:
-    return not rule.scenarios or finding.scenario in rule.scenarios
+def _built_for(rule: CallerRule, scenario: str) -> bool:
+    return not rule.scenarios or scenario in rule.scenarios
 
 
 def grade_rule(rule: CallerRule, runs: Sequence[ScenarioRun], threshold: Threshold) -> CheckResult:
     findings: list[Finding] = [finding for run in runs for finding in rule.grade(run)]
     failed = [finding for finding in findings if finding.verdict == "fail"]
-    passed = [finding for finding in findings if finding.verdict == "pass" and _built_for(rule, finding)]
-    unverified = sorted(
-        (finding for finding in findings if finding.verdict == "unverified"),
-        key=lambda finding: not _built_for(rule, finding),  # the rule's own scenarios explain it first
-    )
+    own = [finding for finding in findings if _built_for(rule, finding.scenario)]
+    passed = [finding for finding in own if finding.verdict == "pass"]
+    unverified = [finding for finding in own if finding.verdict == "unverified"]
     details = [f"[{finding.scenario}] {finding.verdict.upper()}: {finding.message}" for finding in findings]
     result = CheckResult(
         id=rule.check_id, rule=rule.rule, level=rule.level, title=rule.title, outcome="passed", message=""
@@ -96,10 +94,9 @@ def grade_rule(rule: CallerRule, runs: Sequence[ScenarioRun], threshold: Thresho
                 f"run the scenarios {tested} with a caller whose result is known (--caller, or the "
                 "dualcall_caller fixture's check()/grade())",
             )
-        own_run = any(run.scenario.name in rule.scenarios for run in runs) or not rule.scenarios
-        if unverified and (own_run or not _built_for(rule, unverified[0])):
+        if unverified:
             reason = f"[{unverified[0].scenario}] {unverified[0].message}"
-        elif own_run:
+        elif any(_built_for(rule, run.scenario.name) for run in runs):
             reason = f"no run of {tested} showed it"
         else:
             reason = f"scenarios run: none of {tested}"
