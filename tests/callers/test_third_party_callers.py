@@ -34,14 +34,17 @@ def node_caller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if node is None or npm is None:
         pytest.skip("node and npm are not installed: Node's eventsource package cannot be graded here")
     folder = tmp_path_factory.mktemp("node-eventsource")
-    install = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--no-save", EVENTSOURCE_PACKAGE],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=NPM_TIMEOUT_S,
-        check=False,
-    )
+    try:
+        install = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--no-save", EVENTSOURCE_PACKAGE],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"npm could not install {EVENTSOURCE_PACKAGE} within {NPM_TIMEOUT_S} s (registry unreachable?)")
     if install.returncode != 0:
         tail = (install.stderr or install.stdout).strip().splitlines()[-3:]
         pytest.skip(f"npm could not install {EVENTSOURCE_PACKAGE} (registry unreachable?): {' / '.join(tail)}")
