@@ -247,10 +247,10 @@ class InProcessRegistry:
 
     # -- the lifecycle's store -------------------------------------------------------------------
 
-    def append(self, job: Job, block: bytes, kind: EventKind) -> bool:
+    def append(self, job: Job, event_id: int, block: bytes, kind: EventKind) -> bool:
         job.events.append(block)
         if kind is EventKind.FINAL:
-            job.final_event_id = len(job.events)
+            job.final_event_id = event_id
         job.wake_readers()
         return False
 

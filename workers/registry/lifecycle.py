@@ -142,8 +142,8 @@ J_contra = TypeVar("J_contra", bound=LiveJob, contravariant=True)
 class JobStore(Protocol[J_contra]):
     """What a backend does for the lifecycle: store a job's encoded events and wake its readers."""
 
-    def append(self, job: J_contra, block: bytes, kind: EventKind) -> bool:
-        """Store (or queue) one block; True when the lifecycle must `flush` before generating more."""
+    def append(self, job: J_contra, event_id: int, block: bytes, kind: EventKind) -> bool:
+        """Store (or queue) event ``event_id``; True when the lifecycle must `flush` before generating more."""
 
     async def flush(self, job: J_contra) -> None:
         """Wait until every appended block is stored; raise `StoreRefused` / `StoreUnavailable`."""
@@ -328,8 +328,7 @@ class Lifecycle:
 
     async def _generate(self, job: LiveJob) -> None:
         store, encoder = self.store, self.encoder
-        store.append(job, encoder.event(job.next_event_id, "started", StartedData(job_id=job.id)), EventKind.STARTED)
-        job.next_event_id += 1
+        self._publish(job, encoder.event(job.next_event_id, "started", StartedData(job_id=job.id)), EventKind.STARTED)
         generation = Generation(job.request.max_tokens, job.request.stop)
         timer = self.metrics.timer(job.created_mono, self.clock.mono)
         try:
@@ -338,26 +337,32 @@ class Lifecycle:
                     text = generation.feed(chunk)
                     job.tokens_out = generation.tokens_out
                     if text:
-                        block = encoder.token(job.next_event_id, job.token_index, text)
-                        job.next_event_id += 1
-                        job.token_index += 1
                         timer.token()
-                        if store.append(job, block, EventKind.TOKEN):
+                        if self._token(job, text):
                             await store.flush(job)
                     if generation.reason is not None:
                         break  # leaving `aclosing` closes the engine's iterator: it stops computing
             if generation.reason is None:
                 text = generation.end()
                 if text:
-                    block = encoder.token(job.next_event_id, job.token_index, text)
-                    job.next_event_id += 1
-                    job.token_index += 1
                     timer.token()
-                    store.append(job, block, EventKind.TOKEN)
+                    self._token(job, text)
         except EngineError as exc:
             await self._end(job, Trigger.ENGINE_ERROR, error=ErrorInfo(code=exc.code, message=exc.message))
             return
         await self._end(job, Trigger.ENGINE_END, stop_reason=generation.reason)
+
+    def _token(self, job: LiveJob, text: str) -> bool:
+        event_id = job.next_event_id
+        job.next_event_id = event_id + 1
+        index = job.token_index
+        job.token_index = index + 1
+        return self.store.append(job, event_id, self.encoder.token(event_id, index, text), EventKind.TOKEN)
+
+    def _publish(self, job: LiveJob, block: bytes, kind: EventKind) -> bool:
+        event_id = job.next_event_id
+        job.next_event_id = event_id + 1
+        return self.store.append(job, event_id, block, kind)
 
     async def _end(
         self, job: LiveJob, trigger: Trigger, *, stop_reason: StopReason | None = None, error: ErrorInfo | None = None
@@ -374,6 +379,5 @@ class Lifecycle:
         job.finished_at = self.clock.wall()
         self.counters[_COUNTER_OF_STATE[state]] += 1
         self.metrics.job_finished(state, job.created_mono, job.finished_mono)
-        self.store.append(job, self.encoder.final(job.next_event_id, name, payload), EventKind.FINAL)
-        job.next_event_id += 1
+        self._publish(job, self.encoder.final(job.next_event_id, name, payload), EventKind.FINAL)
         await self.store.flush(job)

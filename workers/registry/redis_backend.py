@@ -479,7 +479,7 @@ class RedisRegistry:
 
     # -- the lifecycle's store (owner side) --------------------------------------------------------
 
-    def append(self, job: OwnedJob, block: bytes, kind: EventKind) -> bool:
+    def append(self, job: OwnedJob, event_id: int, block: bytes, kind: EventKind) -> bool:
         """Queue a block for the job's writer; ask for a flush only at the end or when the writer lags.
 
         One writer task per job sends what has piled up as one script call, so a fast engine pays one
@@ -500,7 +500,7 @@ class RedisRegistry:
                 fields["stop_reason"] = job.stop_reason
             job.pending_fields.update(fields)
             job.final_queued = True
-        job.pending.append((job.next_event_id, block))
+        job.pending.append((event_id, block))
         if job.writer is None:
             job.writer = asyncio.get_running_loop().create_task(self._write(job), name=f"dualcall-write-{job.id}")
         return final or len(job.pending) >= MAX_PENDING_EVENTS
