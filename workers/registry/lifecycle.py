@@ -189,7 +189,9 @@ class Lifecycle:
         return max(1, self.engine.max_concurrency)
 
     def start(self) -> None:
+        """(Re)start on the running loop: an app whose lifespan ended may be served again."""
         self.slots = asyncio.Semaphore(self.concurrency)
+        self.closing = False
 
     def jobs(self) -> list[LiveJob]:
         """The jobs whose task has not ended yet."""
