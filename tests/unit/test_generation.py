@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,7 +36,7 @@ def expected(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 def split(text: str, cuts: list[int]) -> list[Chunk]:
     bounds = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
-    return [Chunk(text[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [Chunk(text[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 @pytest.mark.parametrize("cut", range(len("Hello, world. Bye") + 1))

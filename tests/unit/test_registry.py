@@ -50,7 +50,9 @@ def events_of(raw: bytes) -> list[SSEEvent]:
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
     async with asyncio.timeout(timeout_s):
-        while not predicate():
+        while True:
+            if predicate():
+                return
             await asyncio.sleep(0.005)
 
 
