@@ -52,8 +52,12 @@ class Generation:
         if self.reason is not None:
             raise RuntimeError("the generation is already done")
         tokens = self.tokens_out + chunk.tokens
-        reached = tokens >= self.max_tokens
-        self.tokens_out = self.max_tokens if reached else tokens
+        if tokens < self.max_tokens:
+            self.tokens_out = tokens
+            reached = False
+        else:
+            self.tokens_out = self.max_tokens
+            reached = True
         if not self.stops:
             if chunk.stop_reason is not None:
                 self.reason = chunk.stop_reason

@@ -7,7 +7,7 @@ of patching module internals; the deliberately broken workers of the test suite 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,15 +19,13 @@ from workers.registry import SYSTEM_CLOCK, Clock, RegistryBackend, create_regist
 from workers.schemas import InferenceRequest
 from workers.sse import SSE_ENCODER, EventEncoder
 
-__all__ = ["ASGIApp", "Middleware", "RegistryFactory", "Seams", "StreamOpener"]
+__all__ = ["DEFAULT_SEAMS", "ASGIApp", "Middleware", "RegistryFactory", "Seams"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 #: wraps the whole app, outside routing, auth and the contract header: it sees the wire as a client does
 Middleware = Callable[[ASGIApp], ASGIApp]
-#: opens a job's event stream: `RegistryBackend.open_stream`, as the stream route calls it
-StreamOpener = Callable[[str, int | None], Awaitable[AsyncIterator[bytes]]]
 
 
 class RegistryFactory(Protocol):

@@ -31,6 +31,7 @@ from workers.sse import SSE_ENCODER, EventEncoder
 
 log = logging.getLogger("workers.registry")
 
+_FINAL = EventKind.FINAL
 #: a timer may fire a hair before its deadline by the loop's clock; treat that as due
 CLOCK_SLACK_S = 0.001
 
@@ -249,7 +250,7 @@ class InProcessRegistry:
 
     def append(self, job: Job, event_id: int, block: bytes, kind: EventKind) -> bool:
         job.events.append(block)
-        if kind is EventKind.FINAL:
+        if kind is _FINAL:
             job.final_event_id = event_id
         job.wake_readers()
         return False

@@ -333,14 +333,20 @@ class Lifecycle:
         self._publish(job, encoder.event(job.next_event_id, "started", StartedData(job_id=job.id)), EventKind.STARTED)
         generation = Generation(job.request.max_tokens, job.request.stop)
         timer = self.metrics.timer(job.created_mono, self.clock.mono)
+        # the per-token path: locals, no helper calls beyond the generation, the encoder and the store
+        feed, encode_token, append, token = generation.feed, encoder.token, store.append, EventKind.TOKEN
         try:
             async with contextlib.aclosing(self.engine.generate(job.request)) as chunks:
                 async for chunk in chunks:
-                    text = generation.feed(chunk)
+                    text = feed(chunk)
                     job.tokens_out = generation.tokens_out
                     if text:
+                        event_id = job.next_event_id
+                        job.next_event_id = event_id + 1
+                        index = job.token_index
+                        job.token_index = index + 1
                         timer.token()
-                        if self._token(job, text):
+                        if append(job, event_id, encode_token(event_id, index, text), token):
                             await store.flush(job)
                     if generation.reason is not None:
                         break  # leaving `aclosing` closes the engine's iterator: it stops computing
