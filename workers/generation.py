@@ -5,7 +5,9 @@ publishes and decides when and why the job is done:
 
 * ``max_tokens``: ``tokens_out`` is the sum of the chunks' ``tokens``, never above ``max_tokens``;
   the chunk that reaches the limit ends the job with ``max_tokens``;
-* ``stop`` strings: the text ends before the first occurrence of any stop string (``stop``); a tail
+* ``stop`` strings: generation ends at the first point where any stop string has been generated,
+  and the text ends before that stop string (``stop``); of stop strings completed at the same point
+  the longest is cut (as an engine checking its text after every token would); a tail
   that could still grow into a stop string is held back until the next chunk decides, so a stop
   string split across chunks (or across a chunk that holds back incomplete UTF-8 and carries no
   text) is found all the same; a stop string found in the chunk that also reaches ``max_tokens``
@@ -31,6 +33,19 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
                 longest = size
                 break
     return longest
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where ``text`` is cut for the stop string completed first (earliest end, then earliest start); -1 if none."""
+    best_end = best_start = -1
+    for stop in stops:
+        start = text.find(stop)
+        if start < 0:
+            continue
+        end = start + len(stop)
+        if best_end < 0 or end < best_end or (end == best_end and start < best_start):
+            best_end, best_start = end, start
+    return best_start
 
 
 class Generation:
@@ -65,11 +80,11 @@ class Generation:
                 self.reason = "max_tokens"
             return chunk.text
         text = self.held + chunk.text if self.held else chunk.text
-        hits = [index for index in (text.find(stop) for stop in self.stops) if index >= 0]
-        if hits:
+        cut = first_stop(text, self.stops)
+        if cut >= 0:
             self.held = ""
             self.reason = "stop"
-            return text[: min(hits)]
+            return text[:cut]
         if chunk.stop_reason is not None or reached:
             self.held = ""
             self.reason = chunk.stop_reason or "max_tokens"

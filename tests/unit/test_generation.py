@@ -29,9 +29,13 @@ def run(chunks: list[Chunk], max_tokens: int = 100, stops: tuple[str, ...] = ())
 
 
 def expected(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """The reference rule: the text ends before the first occurrence of any stop string."""
-    hits = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
+    """The reference rule, character by character: the first prefix of ``text`` that ends with a stop
+    string ends generation, and the text is cut before the longest stop string it ends with."""
+    for end in range(len(text) + 1):
+        done = [stop for stop in stops if stop and text[:end].endswith(stop)]
+        if done:
+            return text[: end - max(map(len, done))], True
+    return text, False
 
 
 def split(text: str, cuts: list[int]) -> list[Chunk]:
@@ -100,6 +104,13 @@ def test_chunks_without_text_count_tokens_and_keep_the_held_text() -> None:
     assert generation.feed(Chunk("é", tokens=1)) == ""
     assert generation.feed(Chunk("!", tokens=1)) == ""
     assert (generation.reason, generation.tokens_out) == ("stop", 4)
+
+
+def test_the_stop_string_completed_first_ends_generation() -> None:
+    """"T" is complete at the third character, "STS" only at the fourth: generation ends at "T"."""
+    assert run([Chunk("SSTS")], stops=("T", "STS"))[:3] == ("SS", 1, "stop")
+    assert run([Chunk(c) for c in "SSTS"], stops=("T", "STS"))[:3] == ("SS", 3, "stop")
+    assert run([Chunk("abcd")], stops=("cd", "bcd"))[:3] == ("a", 1, "stop")
 
 
 def test_feeding_a_finished_generation_is_a_bug() -> None:
