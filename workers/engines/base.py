@@ -9,7 +9,7 @@ What the core guarantees to every engine (`workers.generation`, DC-2.13):
 
 * ``max_tokens``: ``tokens_out`` is the sum of the chunks' ``tokens``, capped at ``max_tokens``;
   the chunk that reaches it ends the job with ``stop_reason: max_tokens``;
-* ``stop``: the published text ends before the first occurrence of any stop string, wherever the
+* ``stop``: the published text ends before the stop string completed first, wherever the
   chunk boundaries fall (a tail that may grow into a stop string is held back); ``stop_reason: stop``;
 * ``stop_reason``: a chunk's own ``stop_reason`` ends the job with it; an iterator that simply
   ends gives ``eos`` (``max_tokens`` when the budget was used up);
