@@ -374,7 +374,7 @@ def test_ci_recipe(recipe: tuple[str, list[str], list[str]], tmp_path: Path) -> 
 
 def run_action(inputs: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """action.yml's steps (but the install) in one bash session, the worker in its own process group."""
-    port = str(_free_port())
+    port = str(free_port())
     script = "\n".join(f"(\n{body}\n)" for body in action_step_scripts(inputs))
     process = subprocess.Popen(
         [
