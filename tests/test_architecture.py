@@ -236,22 +236,16 @@ def test_the_suite_and_the_workers_never_import_each_other(modules: dict[str, Mo
     assert not crossings, "the conformance suite and the workers are independent:\n" + "\n".join(crossings)
 
 
-#: storage backends of the job registry, by the name of their module (`workers/registry/<name>.py` or a
-#: `workers/registry/<name>/` package; before the registry package: `workers/registry.py` is the
-#: in-process backend, `workers/registry_redis*.py` the Redis one)
+#: storage backends of the job registry, by the name of their module under `workers/registry/` (a module
+#: `<name>.py` or a package `<name>/`): `in_process.py` and `redis_backend.py` (with `redis_scripts.py`) today;
+#: `api.py`, `lifecycle.py` and the package itself are the shared interface, no backend
 BACKEND_KINDS = {"inprocess": re.compile(r"in_?process|memory|local"), "redis": re.compile(r"redis")}
 
 
 def backend_kind(module: Module) -> str | None:
-    name = module.name
-    if name == "workers.registry" and not module.is_package:
-        return "inprocess"
-    if name.startswith("workers.registry_"):
-        stem = name.removeprefix("workers.registry_")
-    elif name.startswith("workers.registry."):
-        stem = name.removeprefix("workers.registry.").split(".")[0]
-    else:
+    if not module.name.startswith("workers.registry."):
         return None
+    stem = module.name.removeprefix("workers.registry.").split(".")[0]
     return next((kind for kind, pattern in BACKEND_KINDS.items() if pattern.match(stem)), None)
 
 
@@ -362,35 +356,33 @@ def test_every_kind_of_import_makes_an_edge_and_cycles_are_reported_with_their_p
     }
 
 
-def test_the_backend_rule_knows_todays_and_the_packaged_layout(tmp_path: Path) -> None:
+def test_the_backend_rule_tells_backends_from_the_interface(tmp_path: Path) -> None:
     write(
         tmp_path,
         {
             "workers/__init__.py": "",
-            "workers/registry.py": "",
-            "workers/registry_api.py": "from workers.registry import Job\nfrom workers.registry_redis import R\n",
-            "workers/registry_redis.py": "from workers.registry import Job\n",
-            "workers/registry_redis_scripts.py": "",
-        },
-    )
-    today = backend_crossings(load_modules(tmp_path, ["workers"]))
-    assert today == ["workers/registry_redis.py:1: the redis backend imports workers.registry (the inprocess backend)"]
-    (tmp_path / "workers" / "registry.py").unlink()
-    (tmp_path / "workers" / "registry_redis.py").unlink()
-    write(
-        tmp_path,
-        {
-            "workers/registry/__init__.py": "from workers.registry.inprocess import InProcess\n",
+            "workers/metrics.py": "",
+            "workers/registry/__init__.py": "from workers.registry.in_process import InProcess\n",
             "workers/registry/api.py": "",
-            "workers/registry/inprocess.py": "from workers.registry.api import Backend\n",
-            "workers/registry/redis/__init__.py": "from .scripts import LUA\nfrom workers.registry import inprocess\n",
-            "workers/registry/redis/scripts.py": "",
+            "workers/registry/lifecycle.py": "from workers.registry.api import Backend\n",
+            "workers/registry/in_process.py": "from workers.registry.lifecycle import Run\nimport workers.metrics\n",
+            "workers/registry/redis_scripts.py": "",
+            "workers/registry/redis_backend.py": (
+                "from workers.registry.redis_scripts import LUA\n"
+                "from workers.registry import api, lifecycle\n"
+                "from workers.registry.in_process import InProcess\n"
+            ),
         },
     )
-    packaged = load_modules(tmp_path, ["workers"])
-    assert backend_kind(packaged["workers.registry"]) is None  # the package is the interface
-    assert [crossing.split(": ", 1)[1] for crossing in backend_crossings(packaged)] == [
-        "the redis backend imports workers.registry.inprocess (the inprocess backend)"
+    modules = load_modules(tmp_path, ["workers"])
+    assert {name: backend_kind(module) for name, module in modules.items() if backend_kind(module)} == {
+        "workers.registry.in_process": "inprocess",
+        "workers.registry.redis_backend": "redis",
+        "workers.registry.redis_scripts": "redis",
+    }
+    assert backend_crossings(modules) == [
+        "workers/registry/redis_backend.py:3: the redis backend imports workers.registry.in_process "
+        "(the inprocess backend)"
     ]
 
 
