@@ -6,11 +6,12 @@ saying so; `tox -e upstream` installs it. Everything else that goes wrong is a f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from tserve import TransformersServe, transformers_missing
+from workerproc import WorkerProcess
 
 from workers import tinymodel
 
@@ -31,3 +32,26 @@ def tserve(tiny_model_dir: Path) -> Iterator[TransformersServe]:
         pytest.skip(f"transformers serve is unavailable: {missing}")
     with TransformersServe(tiny_model_dir, "--continuous-batching") as server:
         yield server
+
+
+GatewayFactory = Callable[..., WorkerProcess]
+#: a loaded CI machine can take many seconds to start a worker process
+WORKER_START_S = 60.0
+
+
+@pytest.fixture
+def start_gateway(tserve: TransformersServe) -> Iterator[GatewayFactory]:
+    """Factory: ``start_gateway("--ttl-s", "2")`` runs ``dualcall-worker gateway`` in front of `tserve`."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            "gateway", "--upstream", tserve.url, "--upstream-api", "openai-chat", *args, start_timeout_s=WORKER_START_S
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in reversed(started):
+        if worker.proc is not None and worker.returncode is None:
+            worker.stop()
