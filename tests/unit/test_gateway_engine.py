@@ -373,3 +373,26 @@ async def test_closing_the_iterator_closes_the_upstream_response(router: respx.M
     await chunks.aclose()  # what the core does on DELETE, TTL reclaim and shutdown
     assert stream.closed
     await engine.close()
+
+
+class Finite(httpx.AsyncByteStream):
+    """An upstream stream that records whether the client read it to its end."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+        self.exhausted = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+        self.exhausted = True
+
+
+async def test_a_finished_upstream_response_is_read_to_its_end_for_reuse(router: respx.MockRouter) -> None:
+    stream = Finite(chat("a"), chat(None, "length"), usage(1), b"data: [DONE]\n\n")
+    router.post("/v1/chat/completions").respond(200, headers=SSE, stream=stream)
+    engine = await started()
+    chunks = await collect(engine, GenerationRequest("p", max_tokens=1))
+    assert chunks[-1].stop_reason == "max_tokens"
+    await engine.close()  # waits for the background read
+    assert stream.exhausted  # read to the end, not dropped: the connection can serve the next job

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,6 +55,9 @@ PROBE_CONNECT_TIMEOUT_S: Final = 5.0
 #: bytes of an upstream error body read for its message
 _ERROR_BODY_LIMIT: Final = 16_384
 _LEGACY_MODEL: Final = "upstream"
+#: after the upstream finished: events ([DONE], usage) and seconds read before the connection is dropped
+_DRAIN_EVENTS: Final = 4
+_DRAIN_S: Final = 1.0
 
 
 def display_url(url: str) -> str:
@@ -226,11 +229,13 @@ class GatewayEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         client = self._client_or_raise()
-        response = await self._open(client, request)
-        # closed in `finally` whatever ends the job: its end, an error, or the core closing this
-        # iterator (DELETE, TTL reclaim, shutdown); a closed response drops the connection
+        upstream = _Stream(await self._open(client, request))
+        # whatever ends the job (its end, an error, the core closing this iterator on DELETE, TTL
+        # reclaim or shutdown), `finally` settles the upstream response: closed (the connection
+        # dropped, so the upstream stops) unless the upstream had finished, then read to its end
+        # in the background so the connection returns to the pool
         try:
-            async with contextlib.aclosing(self._chunks(response, request)) as chunks:
+            async with contextlib.aclosing(self._chunks(upstream, request)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except httpx.TimeoutException:
@@ -245,7 +250,16 @@ class GatewayEngine:
         except (SSEError, UpstreamProtocolError) as exc:
             raise EngineError(f"the upstream stream is malformed: {exc}", code=UPSTREAM_ERROR) from None
         finally:
-            await response.aclose()
+            if upstream.finished:
+                self._adopt(upstream.drain())
+            else:
+                await upstream.close()
+
+    def _adopt(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background; `close` waits for it (bounded)."""
+        task = asyncio.ensure_future(work)
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def _open(self, client: httpx.AsyncClient, request: GenerationRequest) -> httpx.Response:
         """Send the upstream request; the open streaming response, or an `EngineError` saying why not."""
@@ -300,41 +314,71 @@ class GatewayEngine:
         self._orphans.discard(sending)
         if sending.cancelled() or sending.exception() is not None:
             return
-        closing = asyncio.ensure_future(sending.result().aclose())
-        self._orphans.add(closing)
-        closing.add_done_callback(self._orphans.discard)
+        self._adopt(sending.result().aclose())
 
-    async def _chunks(self, response: httpx.Response, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+    async def _chunks(self, upstream: _Stream, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         counted = 0
         text = ""
         finish: StopReason | None = None
         usage: int | None = None
-        async with contextlib.aclosing(EventSource(response).aiter_sse()) as events:
-            async for event in events:
-                delta = parse_event(self.api, event.event, event.data)
-                if delta.error is not None:
-                    raise EngineError(f"the upstream failed mid-stream: {delta.error}", code=UPSTREAM_ERROR)
-                if delta.text and finish is None:
-                    counted += 1
-                    if request.stop:
-                        text += delta.text
-                    yield Chunk(delta.text, tokens=1)
-                if delta.finish_reason is not None and finish is None:
-                    finish = stop_reason(delta.finish_reason, request, text, delta.matched_stop)
-                    if delta.finish_reason not in ("stop", "length"):
-                        log.info("upstream finish_reason %r reported as %s", delta.finish_reason, finish)
-                if delta.completion_tokens is not None:
-                    usage = delta.completion_tokens
-                # the usage chunk comes with or right after the finish chunk; [DONE] ends it all.
-                # A clean end of the response without [DONE] ends it too (transformers serve sends none).
-                if delta.done or (finish is not None and usage is not None):
-                    break
+        async for event in upstream.events:
+            delta = parse_event(self.api, event.event, event.data)
+            if delta.error is not None:
+                raise EngineError(f"the upstream failed mid-stream: {delta.error}", code=UPSTREAM_ERROR)
+            if delta.text and finish is None:
+                counted += 1
+                if request.stop:
+                    text += delta.text
+                yield Chunk(delta.text, tokens=1)
+            if delta.finish_reason is not None and finish is None:
+                finish = stop_reason(delta.finish_reason, request, text, delta.matched_stop)
+                if delta.finish_reason not in ("stop", "length"):
+                    log.info("upstream finish_reason %r reported as %s", delta.finish_reason, finish)
+            if delta.completion_tokens is not None:
+                usage = delta.completion_tokens
+            # the usage chunk comes with or right after the finish chunk; [DONE] ends it all.
+            # A clean end of the response without [DONE] ends it too (transformers serve sends none).
+            if delta.done or (finish is not None and usage is not None):
+                break
+        upstream.finished = True
         # a delta may cover several tokens: the upstream's count, where it gives one, is the truth
         extra = 0 if usage is None else max(0, min(usage, request.max_tokens) - counted)
         if finish is not None:
             yield Chunk("", tokens=extra, stop_reason=finish)
         elif extra:
             yield Chunk("", tokens=extra)
+
+
+class _Stream:
+    """One job's upstream response and its SSE events."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.events = EventSource(response).aiter_sse()
+        #: the upstream said it is done: what may follow ([DONE], the end of the body) is no token
+        self.finished = False
+
+    async def close(self) -> None:
+        await self.events.aclose()
+        await self.response.aclose()
+
+    async def drain(self) -> None:
+        """Read what the upstream sends after it finished, so the connection can serve the next job.
+
+        Bounded: an upstream that keeps streaming (the legacy shape after a ``[DONE]`` token) or
+        stays silent is closed instead, which costs only that connection.
+        """
+        try:
+            async with asyncio.timeout(_DRAIN_S):
+                extra = 0
+                async for _event in self.events:
+                    extra += 1
+                    if extra > _DRAIN_EVENTS:
+                        break
+        except (TimeoutError, httpx.HTTPError, SSEError):
+            pass  # the connection is dropped below; the job is already complete
+        finally:
+            await self.close()
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

@@ -9,7 +9,7 @@ temperature, top_p     same names                   same names                  
 seed                   ``seed`` (when set)          ``seed`` (when set)          ``seed`` (when set)
 stop                   ``stop`` (when non-empty)    ``stop`` (when non-empty)    not sent
 top_k                  per ``--upstream-top-k``     per ``--upstream-top-k``     not sent
-(none)                 ``stream: true``, ``model``, ``stream_options.include_usage``  ``job_id`` (a UUID)
+(none)                 ``stream: true``, ``model``, ``stream_options.include_usage``  ``job_id`` (random)
 =====================  ===========================  ===========================  ==================
 
 The worker core applies ``max_tokens`` and ``stop`` to whatever text arrives, so an upstream
@@ -19,7 +19,7 @@ that ignores them still yields a conforming job; passing them on saves the upstr
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -60,7 +60,7 @@ def request_body(api: UpstreamApi, request: GenerationRequest, model: str, *, se
     """The JSON body of the upstream request for one job."""
     if api == "legacy":
         body: dict[str, Any] = {
-            "job_id": uuid.uuid4().hex,
+            "job_id": secrets.token_hex(16),
             "prompt": request.prompt,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -85,7 +85,7 @@ def request_body(api: UpstreamApi, request: GenerationRequest, model: str, *, se
     return body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per upstream event, and a frozen __init__ costs more
 class Delta:
     """What one upstream event says: text, and at the end why and how many tokens."""
 
