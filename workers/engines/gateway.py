@@ -100,6 +100,7 @@ class GatewayEngine:
         self.api: UpstreamApi = api
         self.model = model or (_LEGACY_MODEL if api == "legacy" else "")
         self._pinned_model = model is not None
+        self._warned_model = False
         self.max_concurrency = concurrency
         self.timeout_s = timeout_s
         self.top_k_mode: TopKMode = top_k or ("drop" if api == "legacy" else "auto")
@@ -218,6 +219,11 @@ class GatewayEngine:
             return "GET /v1/models lists no model"
         if not self._pinned_model:
             self.model = ids[0]
+        elif self.model not in ids and not self._warned_model:
+            # only a warning: some servers answer to names they do not list (Ollama's `llama3` is
+            # listed as `llama3:latest`); a name the upstream refuses fails its jobs as upstream_error
+            self._warned_model = True
+            log.warning("--upstream-model %r is not in the upstream's /v1/models: %s", self.model, ", ".join(ids[:10]))
         return None
 
     async def _probe_forever(self) -> None:
