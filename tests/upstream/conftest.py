@@ -19,6 +19,9 @@ from workers import tinymodel
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The random-weight Llama checkpoint of `workers.tinymodel`, with its chat template."""
+    missing = transformers_missing()
+    if missing is not None:  # checked first: no checkpoint is built for a server that cannot run
+        pytest.skip(f"transformers serve is unavailable: {missing}")
     out = tmp_path_factory.mktemp("tinymodel")
     tinymodel.build(out)
     return out
@@ -27,9 +30,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tserve(tiny_model_dir: Path) -> Iterator[TransformersServe]:
     """One `transformers serve --continuous-batching` for the session (concurrent streams batch)."""
-    missing = transformers_missing()
-    if missing is not None:
-        pytest.skip(f"transformers serve is unavailable: {missing}")
     with TransformersServe(tiny_model_dir, "--continuous-batching") as server:
         yield server
 
