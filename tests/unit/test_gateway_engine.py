@@ -344,6 +344,7 @@ async def test_credentials_in_the_upstream_url_never_reach_health() -> None:
     engine = GatewayEngine("http://user:pw@upstream.test:8000/", "openai-chat")
     assert engine.describe()["upstream"] == "http://upstream.test:8000"
     assert "pw" not in engine.health().detail
+    assert GatewayEngine("http://[::1]:8000", "legacy").describe()["upstream"] == "http://[::1]:8000"
 
 
 # -- cancellation ---------------------------------------------------------------------------------------

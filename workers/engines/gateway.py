@@ -64,6 +64,8 @@ def display_url(url: str) -> str:
     """``url`` without user:password, for logs and /health."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
@@ -111,7 +113,7 @@ class GatewayEngine:
         self._probe_interval_s = probe_interval_s
         self._client: httpx.AsyncClient | None = None
         self._probe: asyncio.Task[None] | None = None
-        #: sends of cancelled jobs still under way, and the closes of their responses
+        #: background work: sends of cancelled jobs, closing their responses, draining finished ones
         self._orphans: set[asyncio.Future[Any]] = set()
         self._up = False
         self._down_reason = "the upstream has not been reached yet"
