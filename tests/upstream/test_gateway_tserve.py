@@ -33,10 +33,12 @@ def wait_health(client: httpx.Client, url: str, status: int) -> httpx.Response:
 
 def test_gateway_to_transformers_serve_passes_the_whole_suite(start_gateway: GatewayFactory) -> None:
     # a small max_tokens cap keeps the fuzzer's jobs short on a CPU model; TTL and keep-alive short
-    # enough that every MUST rule is verified (--require-all)
+    # enough, and few slots and queue places so the suite can fill the queue: every MUST rule is
+    # verified (--require-all)
     worker = start_gateway(
-        "--ttl-s", "2", "--keepalive-s", "1", "--auth-token", TOKEN, "--max-tokens-cap", "64", "--queue-limit", "256"
-    )
+        "--ttl-s", "2", "--keepalive-s", "1", "--auth-token", TOKEN, "--max-tokens-cap", "64",
+        "--upstream-concurrency", "4", "--queue-limit", "8",
+    )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "conformance", worker.url, "--require-all", "--token", TOKEN, "--timeout", "30"],
         check=False,
