@@ -397,3 +397,26 @@ async def test_a_finished_upstream_response_is_read_to_its_end_for_reuse(router:
     assert chunks[-1].stop_reason == "max_tokens"
     await engine.close()  # waits for the background read
     assert stream.exhausted  # read to the end, not dropped: the connection can serve the next job
+
+
+async def test_an_upstream_silent_past_the_timeout_fails_the_job(router: respx.MockRouter) -> None:
+    async def stalls() -> AsyncIterator[bytes]:
+        yield chat("a")
+        raise httpx.ReadTimeout("timed out")  # what httpx raises after --upstream-timeout-s of silence
+
+    router.post("/v1/chat/completions").respond(200, headers=SSE, content=stalls())
+    engine = await started(timeout_s=7.0)
+    with pytest.raises(EngineError) as failed:
+        await collect(engine, GenerationRequest("p", max_tokens=9))
+    assert failed.value.code == UPSTREAM_ERROR and "7s" in failed.value.message
+    router.routes[-1].mock(side_effect=httpx.ReadTimeout("timed out"))  # silent before its answer
+    with pytest.raises(EngineError) as failed:
+        await collect(engine, GenerationRequest("p", max_tokens=9))
+    assert failed.value.code == UPSTREAM_ERROR and "did not answer within 7s" in failed.value.message
+    assert engine.health().ok  # slow is not down
+    router.routes[-1].mock(side_effect=httpx.ConnectTimeout("timed out"))  # a host that drops packets
+    with pytest.raises(EngineError) as failed:
+        await collect(engine, GenerationRequest("p", max_tokens=9))
+    assert failed.value.code == UPSTREAM_ERROR and "unreachable" in failed.value.message
+    assert not engine.health().ok
+    await engine.close()

@@ -278,14 +278,17 @@ class GatewayEngine:
                     "POST", PATHS[self.api], json=body, headers={"Accept": "text/event-stream"}
                 )
                 response = await self._send(client, http_request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self._mark_down(f"unreachable ({_describe(exc)})")
+                raise EngineError(f"the upstream is unreachable: {_describe(exc)}", code=UPSTREAM_ERROR) from None
             except httpx.TimeoutException:
                 raise EngineError(
                     f"the upstream did not answer within {self.timeout_s:g}s (--upstream-timeout-s)",
                     code=UPSTREAM_ERROR,
                 ) from None
-            except httpx.TransportError as exc:
-                self._mark_down(f"unreachable ({_describe(exc)})")
-                raise EngineError(f"the upstream is unreachable: {_describe(exc)}", code=UPSTREAM_ERROR) from None
+            except httpx.TransportError as exc:  # connected, then lost before the answer
+                self._mark_down(f"the connection broke ({_describe(exc)})")
+                raise EngineError(f"the upstream connection broke: {_describe(exc)}", code=UPSTREAM_ERROR) from None
             if response.status_code == 200:
                 return response
             try:
