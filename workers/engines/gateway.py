@@ -55,6 +55,8 @@ PROBE_CONNECT_TIMEOUT_S: Final = 5.0
 #: bytes of an upstream error body read for its message
 _ERROR_BODY_LIMIT: Final = 16_384
 _LEGACY_MODEL: Final = "upstream"
+#: the model an OpenAI upstream serves is asked at the first probe; until then (banner, /health 503):
+_MODEL_UNKNOWN: Final = "unknown until the upstream answers"
 #: after the upstream finished: events ([DONE], usage) and seconds read before the connection is dropped
 _DRAIN_EVENTS: Final = 4
 _DRAIN_S: Final = 1.0
@@ -100,7 +102,7 @@ class GatewayEngine:
             raise ValueError("--upstream-timeout-s must be > 0")
         self.upstream = upstream.rstrip("/")
         self.api: UpstreamApi = api
-        self.model = model or (_LEGACY_MODEL if api == "legacy" else "")
+        self.model = model or (_LEGACY_MODEL if api == "legacy" else _MODEL_UNKNOWN)
         self._pinned_model = model is not None
         self._warned_model = False
         self.max_concurrency = concurrency
