@@ -6,11 +6,12 @@ saying so; `tox -e upstream` installs it. Everything else that goes wrong is a f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tserve import TransformersServe, transformers_missing
+from upstreamtools import WORKER_START_S, GatewayFactory
 from workerproc import WorkerProcess
 
 from workers import tinymodel
@@ -32,11 +33,6 @@ def tserve(tiny_model_dir: Path) -> Iterator[TransformersServe]:
     """One `transformers serve --continuous-batching` for the session (concurrent streams batch)."""
     with TransformersServe(tiny_model_dir, "--continuous-batching") as server:
         yield server
-
-
-GatewayFactory = Callable[..., WorkerProcess]
-#: a loaded CI machine can take many seconds to start a worker process
-WORKER_START_S = 60.0
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import GatewayFactory
+from upstreamtools import GatewayFactory
 
 from conformance.client import DualCallClient, End, Event, Started, Submission, Token
 from workers.testing_redis import RedisServer, find_redis_server

@@ -10,25 +10,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from conftest import GatewayFactory
 from tserve import TransformersServe
+from upstreamtools import GatewayFactory, wait_health
 
 from conformance.client import DualCallClient, End, ErrorEvent, Started, Token
 
 TOKEN = "upstream-test-token"
-#: bounded waits for what a loaded machine does eventually (never asserted as speed)
-WAIT_S = 60.0
 #: seconds of each CPU-time measurement
 WINDOW_S = 2.0
-
-
-def wait_health(client: httpx.Client, url: str, status: int) -> httpx.Response:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        response = client.get(url + "/health")
-        if response.status_code == status or time.monotonic() > deadline:
-            return response
-        time.sleep(0.1)
 
 
 def test_gateway_to_transformers_serve_passes_the_whole_suite(start_gateway: GatewayFactory) -> None:
