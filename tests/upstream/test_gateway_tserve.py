@@ -10,10 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from tserve import TransformersServe
 from upstreamtools import GatewayFactory, wait_health
 
-from conformance.client import DualCallClient, End, ErrorEvent, Started, Token
+from conformance.client import DualCallClient, End, ErrorEvent, GenerationFailed, Started, Token
 
 TOKEN = "upstream-test-token"
 #: seconds of each CPU-time measurement
@@ -136,7 +137,6 @@ def test_sixteen_concurrent_jobs_stream_at_once(start_gateway: GatewayFactory) -
 
 def test_a_prompt_over_the_context_is_context_length_exceeded(start_gateway: GatewayFactory) -> None:
     worker = start_gateway()
-    with DualCallClient(worker.url) as client:
-        completion = client.generate("word " * 3000, max_tokens=8)  # the tiny model takes 2048 tokens
-    assert completion.error is not None and completion.error.code == "context_length_exceeded"
-    assert "2048" in completion.error.message
+    with DualCallClient(worker.url) as client, pytest.raises(GenerationFailed) as failed:
+        client.generate("word " * 3000, max_tokens=8)  # the tiny model takes 2048 tokens
+    assert failed.value.code == "context_length_exceeded" and "2048" in failed.value.message
