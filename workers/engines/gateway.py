@@ -136,7 +136,13 @@ class GatewayEngine:
             transport=self._transport,
             follow_redirects=False,
         )
-        await self.probe()
+        if not await self.probe():
+            # not fatal: the gateway and its upstream may start in any order
+            log.warning(
+                "upstream %s is not up yet (%s): /health answers 503 and submits are refused until it is",
+                display_url(self.upstream),
+                self._down_reason,
+            )
         self._probe = asyncio.get_running_loop().create_task(self._probe_forever(), name="dualcall-upstream-probe")
 
     async def close(self) -> None:

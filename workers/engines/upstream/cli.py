@@ -71,6 +71,7 @@ def add_gateway_parser(
         "--upstream-timeout-s",
         type=positive_float,
         default=60.0,
+        metavar="S",
         help="seconds the upstream may stay silent (connect, first byte, between events) before the job "
         "fails (default: %(default)s)",
     )
