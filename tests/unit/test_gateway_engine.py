@@ -14,9 +14,11 @@ import httpx
 import pytest
 import respx
 
+from workers.__main__ import build_parser
 from workers.engines.base import Chunk, EngineError, GenerationRequest
 from workers.engines.gateway import CONTEXT_LENGTH_EXCEEDED, UPSTREAM_ERROR, GatewayEngine
 from workers.engines.upstream.apis import UpstreamApi
+from workers.engines.upstream.cli import UPSTREAM_TOKEN_ENV, gateway_engine
 
 UP = "http://upstream.test:8000"
 SSE = {"content-type": "text/event-stream"}
@@ -419,4 +421,23 @@ async def test_an_upstream_silent_past_the_timeout_fails_the_job(router: respx.M
         await collect(engine, GenerationRequest("p", max_tokens=9))
     assert failed.value.code == UPSTREAM_ERROR and "unreachable" in failed.value.message
     assert not engine.health().ok
+    await engine.close()
+
+
+async def test_cli_options_build_the_engine_and_the_token_comes_from_the_environment(
+    router: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(UPSTREAM_TOKEN_ENV, "from-env")
+    args = build_parser().parse_args(
+        ["gateway", "--upstream", UP + "/", "--upstream-api", "openai-completions", "--upstream-concurrency", "3"]
+    )
+    engine = gateway_engine(args)
+    assert (engine.upstream, engine.api, engine.max_concurrency, engine.top_k_mode) == (
+        UP,
+        "openai-completions",
+        3,
+        "auto",
+    )
+    await engine.start()
+    assert router.routes[0].calls.last.request.headers["authorization"] == "Bearer from-env"
     await engine.close()
