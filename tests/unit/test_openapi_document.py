@@ -48,7 +48,7 @@ PROBLEM_REF = "#/components/schemas/Problem"
 STREAM_PATH = "/v1/inference/{job_id}/stream"
 
 EXPECTED_RULES = {
-    "DC-1": ["MUST"] * 7 + ["MAY"],
+    "DC-1": ["MUST"] * 7 + ["MAY", "MAY"] + ["MUST"] * 3,
     "DC-2": ["MUST"] * 7 + ["SHOULD", "MUST", "MUST", "SHOULD", "MUST", "MUST", "SHOULD", "MUST"],
     "DC-3": ["MUST"] * 4,
     "DC-4": ["MUST"] * 3,
@@ -134,8 +134,8 @@ def test_validator_rejects_a_broken_copy(doc: dict[str, Any]) -> None:
 def test_info_and_loader() -> None:
     doc = load_document()
     assert doc["info"]["title"] == "dualcall worker contract"
-    assert doc["info"]["version"] == "1.1.0"
-    assert contract_version() == "1.1.0"
+    assert doc["info"]["version"] == "1.2.0"
+    assert contract_version() == "1.2.0"
     assert DOCUMENT_PATH.is_file()
     assert SPEC_PATH.is_file()
     assert load_document() is doc  # cached
@@ -217,7 +217,7 @@ def test_error_status_codes(doc: dict[str, Any]) -> None:
         "422",
         "503",
     }
-    assert statuses(STREAM_PATH, "get") == {"200", "204", "400", "401", "404", "409"}
+    assert statuses(STREAM_PATH, "get") == {"200", "204", "400", "401", "404", "409", "503"}
     assert statuses("/v1/inference/{job_id}", "get") == {"200", "401", "404"}
     assert statuses("/v1/inference/{job_id}", "delete") == {"202", "401", "404"}
     assert statuses("/health", "get") == {"200", "503"}
