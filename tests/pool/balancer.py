@@ -107,7 +107,9 @@ class Nginx:
         config_path = Path(self.prefix) / "nginx.conf"
         config_path.write_text(config, encoding="utf-8")
         command = [self.binary, "-p", self.prefix, "-c", str(config_path), "-e", "stderr", "-g", "daemon off;"]
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
