@@ -60,7 +60,8 @@ def render(template: str, *, prefix: str, listen: str, servers: list[str]) -> st
     upstream = "\n".join(f"        server {server} max_fails=1 fail_timeout=2s;" for server in servers)
     values = {"@PREFIX@": prefix, "@LISTEN@": listen, "@SERVERS@": upstream}
     lines = []
-    for line in template.splitlines():
+    for original in template.splitlines():
+        line = original
         if not line.lstrip().startswith("#"):
             for name, value in values.items():
                 line = line.replace(name, value)
