@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from types import FrameType
@@ -44,8 +45,8 @@ def stall_guarded(base: type[asyncio.Protocol], send_timeout_s: float) -> type[a
 
     The transport pauses the protocol when its write buffer passes the high-water mark (the
     client stopped reading) and resumes it below the low one; a connection paused for
-    ``send_timeout_s`` in a row is aborted. Aborting, not closing: a close would wait for the
-    unread bytes to be sent, which never happens.
+    ``send_timeout_s`` in a row is aborted with a TCP reset. Not a close: a close waits for the
+    unread bytes to be sent, which never happens, and a FIN would queue behind them in the kernel.
     """
 
     class StallGuardedProtocol(base):  # type: ignore[valid-type,misc]
@@ -76,6 +77,10 @@ def stall_guarded(base: type[asyncio.Protocol], send_timeout_s: float) -> type[a
                 return
             peer = transport.get_extra_info("peername")
             log.warning("disconnected %s: it left written bytes unread for %gs (send timeout)", peer, send_timeout_s)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a FIN queued behind megabytes the client will never read
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
 
     return StallGuardedProtocol
