@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import openapi
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 #: Debian installs nginx in /usr/sbin, which is not on every user's PATH
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
@@ -25,7 +27,7 @@ START_TIMEOUT_S = 15.0
 #: set by `.ci/run` while it installs Debian packages in the background: "installing", then "done <status>"
 INSTALL_STATUS = os.environ.get("DUALCALL_NGINX_INSTALL")
 INSTALL_WAIT_S = 600.0
-_PLACEHOLDER = re.compile(r"@[A-Z]+@")
+_PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
 def find_nginx() -> str | None:
@@ -58,7 +60,12 @@ def free_port() -> int:
 def render(template: str, *, prefix: str, listen: str, servers: list[str]) -> str:
     """Fill the template's placeholders (comment lines, which name them, are left as they are)."""
     upstream = "\n".join(f"        server {server} max_fails=1 fail_timeout=2s;" for server in servers)
-    values = {"@PREFIX@": prefix, "@LISTEN@": listen, "@SERVERS@": upstream}
+    values = {
+        "@PREFIX@": prefix,
+        "@LISTEN@": listen,
+        "@SERVERS@": upstream,
+        "@CONTRACT_VERSION@": openapi.contract_version(),
+    }
     lines = []
     for original in template.splitlines():
         line = original
@@ -98,6 +105,8 @@ class Nginx:
     def start(self) -> Self:
         self._tmp = tempfile.TemporaryDirectory(prefix="dualcall-nginx-")
         self.prefix = self._tmp.name
+        # run as root, nginx's workers drop to an unprivileged user that must reach the temp dirs
+        Path(self.prefix).chmod(0o755)
         self.port = free_port()
         config = render(
             TEMPLATE.read_text(encoding="utf-8"),
