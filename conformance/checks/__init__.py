@@ -97,6 +97,7 @@ def check(
 def load_all() -> dict[str, Check]:
     """Import every check module (registration happens on import) and return the registry."""
     from conformance.checks import (  # noqa: F401
+        idempotency,
         jobs,
         legacy,
         lifetime,
