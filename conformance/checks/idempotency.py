@@ -16,10 +16,11 @@ from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
 from conformance.context import Context
 from conformance.model import Level
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 HEADER = "Idempotency-Key"
 #: 503 answers (a busy queue) a keyed submit waits out before the check gives up observing
