@@ -19,6 +19,16 @@ STREAMS = 32
 MAX_TOKENS = 40  # 20 ms per token: ~0.8 s per job
 
 
+def upstream_503s(access_log: str) -> dict[str, int]:
+    """Requests a replica answered 503 (a draining one), by method, from nginx's access log."""
+    counts = {"POST": 0, "GET": 0}
+    for line in access_log.splitlines():
+        statuses = line.partition("upstream_status=")[2].split(" ")[0]
+        if "503" in statuses.split(", "):
+            counts["POST" if '"POST ' in line else "GET"] += 1
+    return counts
+
+
 def _run(start_pool: StartPool, sig: signal.Signals) -> str:
     pool = start_pool(2)
     notes: list[str] = []
@@ -33,7 +43,11 @@ def _run(start_pool: StartPool, sig: signal.Signals) -> str:
             on_notes=notes.extend,
         )
     )
-    report = f"{sig.name}: {result.line()}\n" + "\n".join(notes)
+    refused = upstream_503s(pool.nginx.access_log())
+    report = (
+        f"{sig.name}: {result.line()}; nginx saw 503 from a replica on {refused['POST']} submits and "
+        f"{refused['GET']} other requests (retried on the other replica)\n" + "\n".join(notes)
+    )
     print(report)
     return report, result  # type: ignore[return-value]
 
