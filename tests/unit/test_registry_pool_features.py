@@ -109,12 +109,20 @@ async def test_the_same_key_with_another_body_is_refused_and_keeps_its_job(make_
 
 
 @pytest.mark.asyncio
-async def test_two_replicas_share_keys(make_registry: Make, backend: str | None) -> None:
-    if backend is None:
-        pytest.skip("in-process registries share nothing: a key lives in one process (docs/scaling.md)")
-    a, b = make_registry(), make_registry()
-    first = await a.submit(gen(), key("k-pool"))
-    assert (await b.submit(gen(), key("k-pool"))).id == first.id
+async def test_two_redis_replicas_share_keys(redis_server: RedisServer) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/{redis_server.fresh_db()}?lost_after_s=2"
+    a, b = (create_registry(MockEngine(), WorkerSettings(registry_url=url), JobMetrics()) for _ in range(2))
+    for registry in (a, b):
+        registry.metrics.bind(registry)
+        registry.start()
+    try:
+        first = await a.submit(gen(), key("k-pool"))
+        assert (await b.submit(gen(), key("k-pool"))).id == first.id
+        with pytest.raises(IdempotencyKeyReused):
+            await b.submit(gen("other"), key("k-pool", b'{"prompt": "other"}'))
+    finally:
+        await a.close()
+        await b.close()
 
 
 @pytest.mark.asyncio
