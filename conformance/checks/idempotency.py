@@ -90,7 +90,7 @@ def _cancel(ctx: Context, *job_ids: str) -> None:
 
 
 @check(
-    "DC-SUBMIT-013",
+    "DC-SUBMIT-014",
     rule="DC-1.10",
     level="MUST",
     title="the same Idempotency-Key and body answer the same job; another key makes a new one",
@@ -127,7 +127,7 @@ def same_key_same_job(ctx: Context) -> str:
 
 
 @check(
-    "DC-SUBMIT-014",
+    "DC-SUBMIT-015",
     rule="DC-1.11",
     level="MUST",
     title="an Idempotency-Key reused with another body is 422 and leaves the first job",
@@ -166,7 +166,7 @@ def same_key_other_body(ctx: Context) -> str:
 
 
 @check(
-    "DC-SUBMIT-015",
+    "DC-SUBMIT-016",
     rule="DC-1.12",
     level="MUST",
     title="a malformed Idempotency-Key is 400 naming the header",

@@ -17,7 +17,7 @@ from .defects import _registry, defect
 @defect(
     "idempotency-key-ignored",
     "advertises idempotency_key in /health but every submit makes a new job: a retried POST generates twice",
-    caught_by=("DC-SUBMIT-013", "DC-SUBMIT-014"),
+    caught_by=("DC-SUBMIT-014", "DC-SUBMIT-015"),
 )
 def _key_ignored() -> None:
     class Forgetful(InProcessRegistry):
@@ -30,7 +30,7 @@ def _key_ignored() -> None:
 @defect(
     "idempotency-body-ignored",
     "a held key answers its first job whatever the body: a client reusing a key gets another request's completion",
-    caught_by=("DC-SUBMIT-014",),
+    caught_by=("DC-SUBMIT-015",),
 )
 def _body_ignored() -> None:
     class KeyOnly(InProcessRegistry):
@@ -44,7 +44,7 @@ def _body_ignored() -> None:
 @defect(
     "idempotency-by-body",
     "deduplicates equal bodies instead of equal keys: two jobs with the same prompt and different keys become one",
-    caught_by=("DC-SUBMIT-013", "DC-SUBMIT-014"),
+    caught_by=("DC-SUBMIT-014", "DC-SUBMIT-015"),
 )
 def _by_body() -> None:
     class ByBody(InProcessRegistry):
@@ -58,7 +58,7 @@ def _by_body() -> None:
 @defect(
     "idempotency-malformed-key-accepted",
     "an empty, overlong or space-holding Idempotency-Key is dropped silently instead of refused with 400",
-    caught_by=("DC-SUBMIT-015",),
+    caught_by=("DC-SUBMIT-016",),
 )
 def _malformed_accepted() -> Middleware:
     class DropsMalformed(Rewriter):
