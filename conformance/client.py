@@ -15,7 +15,8 @@ builds the stream path itself), resumes with ``Last-Event-ID`` after a dropped c
 stops at ``[DONE]``. Reconnects wait with bounded exponential backoff and jitter; a submit
 answered ``503`` is retried a bounded number of times, after ``Retry-After`` when the worker
 sends one (the job was not created, so the retry cannot duplicate it). A stream request answered
-``503`` is resumed after ``Retry-After`` the same way.
+``503`` is resumed after ``Retry-After`` the same way, and one a gateway answered ``502``/``504``
+(no replica reachable for a moment) after the backoff: a GET changes nothing.
 
 Every submit carries an ``Idempotency-Key`` (contract DC-1.9), one random key per job, the same on
 each retry of it. So a submit whose answer was lost (the connection dropped, a balancer answered
@@ -46,6 +47,8 @@ SUBMIT_PATH: Final = "/v1/inference"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 #: statuses of a submit whose job may or may not exist: retried only with an idempotency key
 _AMBIGUOUS_STATUSES: Final = (502, 504)
+#: stream answers that mean "not now": the request is resumed later (a GET creates nothing)
+_RESUMABLE_STATUSES: Final = (502, 503, 504)
 DONE_DATA: Final = "[DONE]"
 DEFAULT_TIMEOUT_S: Final = 30.0
 #: characters of a non-problem error body kept in the exception
@@ -324,7 +327,7 @@ def _key_headers(key: str | None) -> dict[str, str]:
 
 
 def _stream_wait(response: httpx.Response, resumes: int, backoff: Backoff, max_wait_s: float) -> float:
-    """Seconds to wait before resuming a stream request answered ``503``; the problem if too long."""
+    """Seconds to wait before resuming a stream request answered 502/503/504; the problem if too long."""
     wait = retry_after_seconds(response.headers)
     if wait is None:
         return backoff.delay(resumes)
@@ -465,7 +468,7 @@ class DualCallClient:
                 with connect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
                     if source.response.status_code == 204:
                         return
-                    if source.response.status_code == 503:  # busy or draining: resume later
+                    if source.response.status_code in _RESUMABLE_STATUSES:  # busy, draining, gateway: later
                         source.response.read()
                         refused = source.response
                     elif source.response.status_code != 200:
@@ -582,9 +585,9 @@ class AsyncDualCallClient:
                         return
                     if source.response.status_code != 200:
                         await source.response.aread()
-                        if source.response.status_code != 503:
+                        if source.response.status_code not in _RESUMABLE_STATUSES:
                             raise _problem(source.response)
-                        refused = source.response  # busy or draining: resume later
+                        refused = source.response  # busy, draining, or a gateway without a replica: later
                     else:
                         _check_stream_type(source.response)
                     async for sse in _no_events() if refused is not None else source.aiter_sse():

@@ -221,8 +221,16 @@ class Replica:
             self.process.stop()
 
 
+#: nginx's fail_timeout in deploy/nginx.conf: a replica marked failed is tried again only after it
+REJOIN_S = 2.0
+
+
 def roll(replicas: list[Replica], sig: signal.Signals, *, stop_timeout_s: float, pause_s: float) -> list[str]:
-    """Stop and restart every replica in turn (blocking); return what happened, one line per replica."""
+    """Stop and restart every replica in turn (blocking); return what happened, one line per replica.
+
+    As a deploy does, the next replica stops only once the restarted one is healthy and the balancer
+    takes it back: nginx marked it failed while it was down and tries it again after fail_timeout.
+    """
     notes: list[str] = []
     for replica in replicas:
         began = time.monotonic()
@@ -234,6 +242,7 @@ def roll(replicas: list[Replica], sig: signal.Signals, *, stop_timeout_s: float,
             raise AssertionError(f"replica {replica.address} still ran {stop_timeout_s}s after {sig.name}\n{output}")
         time.sleep(pause_s)
         replica.start()
+        time.sleep(REJOIN_S + pause_s)
         notes.append(f"{replica.address}: {sig.name} -> exit {code} after {stopped:.2f}s, restarted")
     return notes
 

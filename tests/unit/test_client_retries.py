@@ -19,6 +19,7 @@ from conformance.client import (
     Backoff,
     DualCallClient,
     ProblemError,
+    StreamEnded,
     Submission,
     Token,
 )
@@ -146,3 +147,21 @@ async def test_async_keyed_submit_and_stream_503(router: respx.MockRouter) -> No
     sent = keys(route)
     assert len(sent) == 2 and sent[0] == sent[1]
     assert slept == [0.1, 1.0]
+
+
+def test_a_gateway_502_on_the_stream_is_resumed_after_the_backoff(router: respx.MockRouter) -> None:
+    sse = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=_stream_body())
+    router.get(STREAM_URL).mock(side_effect=[httpx.Response(502, text="<html>Bad Gateway</html>"), sse])
+    slept: list[float] = []
+    with DualCallClient(BASE, backoff=NO_JITTER, sleep=slept.append) as client:
+        events = list(client.events(_submission()))
+    assert [event.text for event in events if isinstance(event, Token)] == ["x"]
+    assert slept == [0.1]
+
+
+def test_stream_gateway_errors_are_bounded_by_max_resumes(router: respx.MockRouter) -> None:
+    route = router.get(STREAM_URL).mock(return_value=httpx.Response(504, text="gateway timeout"))
+    client = DualCallClient(BASE, max_resumes=2, sleep=lambda _: None)
+    with client, pytest.raises(StreamEnded):
+        list(client.events(_submission()))
+    assert route.call_count == 3
