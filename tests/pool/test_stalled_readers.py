@@ -136,3 +136,34 @@ def test_send_timeout_resets_a_reader_that_backs_up_the_worker() -> None:
                 sock.close()
         assert states == [TCP_CLOSE] * len(readers), f"TCP states {states}: not reset by the worker"
         assert worker.stderr.count("(send timeout)") >= len(readers), worker.output()
+
+
+def readers_open(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("dualcall_stream_readers_open "):
+            return float(line.split()[1])
+    raise AssertionError("no dualcall_stream_readers_open gauge")
+
+
+@pytest.mark.slow
+def test_open_stream_limit_answers_503_with_retry_after_and_frees_up() -> None:
+    args = ("--max-open-streams", "2", "--token-delay-ms", "50", "--keepalive-s", "1")
+    with (
+        WorkerProcess("mock", *args, start_timeout_s=60.0) as worker,
+        httpx.Client(base_url=worker.url, timeout=30) as http,
+    ):
+        sse_url = http.post("/v1/inference", json={"prompt": "slow", "max_tokens": 400}).json()["sse_url"]
+        with http.stream("GET", sse_url) as first, http.stream("GET", sse_url) as second:
+            assert first.status_code == second.status_code == 200
+            deadline = time.monotonic() + RELEASE_WAIT_S
+            while readers_open(http) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            third = http.get(sse_url)
+            assert third.status_code == 503, third.text
+            assert third.headers["content-type"].startswith("application/problem+json")
+            assert third.headers["retry-after"].isdigit()
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while readers_open(http) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with http.stream("GET", sse_url) as again:
+            assert again.status_code == 200
