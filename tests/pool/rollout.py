@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from balancer import Nginx
 from workerproc import WorkerProcess
 
 from conformance.client import (
@@ -270,3 +271,19 @@ async def rolling_restart(
     finally:
         outcomes = await load.stop()
     return figures(outcomes, load.statuses)
+
+
+class PoolBehindNginx:
+    """Replicas sharing one Redis database, nginx in front; everything stopped by the fixture."""
+
+    def __init__(self, nginx: Nginx, replicas: list[Replica], registry: str) -> None:
+        self.nginx = nginx
+        self.replicas = replicas
+        self.registry = registry
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+
+StartPool = Callable[..., PoolBehindNginx]

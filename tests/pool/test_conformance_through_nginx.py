@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import StartPool
+from rollout import StartPool
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ import asyncio
 import re
 import signal
 
-from conftest import StartPool
-from rollout import rolling_restart
+from rollout import Figures, StartPool, rolling_restart
 
 STREAMS = 32
 MAX_TOKENS = 40  # 20 ms per token: ~0.8 s per job
@@ -31,7 +30,7 @@ def upstream_503s(access_log: str) -> dict[str, int]:
     return counts
 
 
-def _run(start_pool: StartPool, sig: signal.Signals) -> str:
+def _run(start_pool: StartPool, sig: signal.Signals) -> tuple[str, Figures]:
     pool = start_pool(2)
     notes: list[str] = []
     result = asyncio.run(
@@ -51,7 +50,7 @@ def _run(start_pool: StartPool, sig: signal.Signals) -> str:
         f"{refused['GET']} other requests (retried on the other replica)\n" + "\n".join(notes)
     )
     print(report)
-    return report, result  # type: ignore[return-value]
+    return report, result
 
 
 def test_sigterm_rolling_restart_completes_every_job(start_pool: StartPool) -> None:
