@@ -179,7 +179,7 @@ class InProcessRegistry:
         """`submit` without a coroutine (the in-process registry needs no I/O to admit a job)."""
         lifecycle = self.lifecycle
         job = lifecycle.new_job(self.new_id(), request, Job)
-        if idempotency is not None and (held := self._held(idempotency)) is not None:
+        if idempotency is not None and (held := self._held(idempotency, request)) is not None:
             return held
         if lifecycle.queued + lifecycle.running >= lifecycle.concurrency + self.settings.queue_limit:
             self.counters["jobs_rejected_queue_full"] += 1
@@ -191,7 +191,7 @@ class InProcessRegistry:
         lifecycle.launch(job)
         return job
 
-    def _held(self, idempotency: Idempotency) -> JobRecord | None:
+    def _held(self, idempotency: Idempotency, request: GenerationRequest) -> JobRecord | None:
         """The job a live key answers (DC-1.10); raises `IdempotencyKeyReused` for another body (DC-1.11)."""
         entry = self.keys.get(idempotency.key)
         if entry is None or entry[2] <= self.clock.mono():
@@ -200,7 +200,7 @@ class InProcessRegistry:
         if fingerprint != idempotency.fingerprint:
             raise IdempotencyKeyReused(idempotency.key)
         # a job deleted since keeps its id: its stream and status answer 404, as for the first caller
-        return self.jobs.get(job_id) or JobRecord(id=job_id, request=GenerationRequest("", 1), created_at=0.0)
+        return self.jobs.get(job_id) or JobRecord(id=job_id, request=request, created_at=self.clock.wall())
 
     async def get(self, job_id: str) -> Job:
         return self.job(job_id)
