@@ -189,6 +189,15 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
     raw = await request.body()
     body = seams.decode_request(raw)
     registry = _registry(request)
+    engine_health = registry.engine.health()
+    if not engine_health.ok:
+        # refused now rather than accepted into a job that would fail for a reason known now
+        raise ProblemException(
+            503,
+            "engine-unavailable",
+            f"The engine cannot take jobs now ({engine_health.detail or 'unhealthy'}); retry later.",
+            headers={"Retry-After": str(registry.settings.retry_after_s)},
+        )
     try:
         keyed = idempotency.from_header(request.headers.get("idempotency-key"), raw)
     except idempotency.MalformedKey as exc:
