@@ -313,47 +313,44 @@ def test_sigterm_with_streams_open_ends_them_and_exits_in_bounded_time() -> None
         stalled = socket.create_connection(rawhttp.address(worker.url))
         upload = rawhttp.build(b"POST", b"/v1/inference", [(b"Content-Type", b"application/json")], b"{" * 1000)
         stalled.sendall(upload[:-900])
-        host, port = rawhttp.address(worker.url)
 
         async def readers_open(http: httpx.AsyncClient) -> bool:
-            text = (await http.get(worker.url + "/metrics")).text
+            text = (await http.get("/metrics")).text
             return dict(METRIC.findall(text)).get("dualcall_stream_readers_open") == str(len(jobs))
 
-        async def refuses_connections() -> bool:
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                return True
-            writer.close()
-            return False
+        async def draining(http: httpx.AsyncClient) -> bool:
+            health = await http.get("/health")
+            return health.status_code == 503 and "draining" in health.json()["detail"]
 
-        async def read_during_shutdown() -> tuple[list[list[SSEEvent]], bool, float]:
+        async def read_during_shutdown() -> tuple[list[list[SSEEvent]], httpx.Response, float]:
             tasks = [asyncio.create_task(read_stream(worker, job["sse_url"])) for job in jobs]
-            async with httpx.AsyncClient(timeout=10) as http:
+            async with httpx.AsyncClient(base_url=worker.url, timeout=10) as http:
                 await wait_until_async(lambda: readers_open(http), "every stream open")
-            assert worker.proc is not None
-            worker.proc.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            # the listening socket closes while the stalled upload still holds the process
-            await wait_until_async(refuses_connections, "the listening socket to close")
-            refused_while_running = worker.proc.poll() is None
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                # draining: still listening, out of rotation (/health 503), new jobs refused with Retry-After
+                await wait_until_async(lambda: draining(http), "/health to say the worker is draining")
+                late = await http.post("/v1/inference", json={"prompt": "late"})
             results = await asyncio.gather(*tasks)
             await wait_until_async(lambda: worker.proc is not None and worker.proc.poll() is not None, "the exit")
-            return results, refused_while_running, time.monotonic() - signalled
+            return results, late, time.monotonic() - signalled
 
-        results, refused_while_running, exit_s = asyncio.run(read_during_shutdown())
+        results, late, exit_s = asyncio.run(read_during_shutdown())
         # the worker exited with the stalled client still connected: the shutdown timeout ended that request
         stalled.close()
-        assert refused_while_running, "the listening socket stayed open until the process exited"
+        assert late.status_code == 503 and "retry-after" in late.headers, "a draining worker took a new job"
         for events in results:
             kinds = [event.event for event in events]
             assert kinds[-2] == "error" and events[-1].data == "[DONE]", kinds[-3:]
             assert json.loads(events[-2].data)["code"] == "shutdown"
         assert worker.returncode == 0
-        # load only delays the exit; leaving before the timeout would mean the stalled upload was not waited for
-        assert exit_s >= shutdown_timeout_s - 0.5, f"exit after {exit_s:.1f}s, before the shutdown timeout"
+        # the drain gives the running jobs shutdown_timeout_s (they need longer), then uvicorn gives the
+        # stalled upload shutdown_timeout_s again and cancels it. Load only delays the exit: leaving
+        # earlier would mean one of the two was not waited for
+        assert exit_s >= 2 * shutdown_timeout_s - 0.5, f"exit after {exit_s:.1f}s, before both timeouts"
         print(
-            f"\nSIGTERM with 8 streams and 1 stalled upload open: streams ended with error+[DONE], "
+            f"\nSIGTERM with 8 long streams and 1 stalled upload open: drained, streams ended with error+[DONE], "
             f"exit 0 after {exit_s:.1f}s (--shutdown-timeout-s {shutdown_timeout_s:g})"
         )
 
