@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from urllib.parse import urljoin
 import httpx
 
 from conformance.sse import SSEEvent, SSEParser
+from workers.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -284,12 +284,6 @@ async def _health(client: httpx.AsyncClient, base: str) -> int:
         return (await client.get(urljoin(base, "/health"), timeout=5)).status_code
     except httpx.HTTPError:
         return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------

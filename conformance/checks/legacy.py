@@ -1,6 +1,6 @@
 """The legacy detector: recognises the direct-SSE shape and says so by name, with the fix.
 
-The legacy shape (see the incident report behind openapi/SPEC.md): ``POST /v1/inference``
+The legacy shape (openapi/SPEC.md, "The legacy direct-SSE shape"): ``POST /v1/inference``
 with a client-chosen ``job_id`` answers ``200 text/event-stream`` itself, with plain
 ``data: <token>`` lines, narration events and ``data: [DONE]``.
 """
