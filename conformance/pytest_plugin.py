@@ -53,6 +53,12 @@ class DualcallItem(pytest.Item):
         self.spec = spec
         self.add_marker(pytest.mark.dualcall)
 
+    def setup(self) -> None:
+        """A check the suite itself broke on is an ERROR of the item (setup), never a failure of the worker."""
+        result = _results(self.config).get(self.spec.id)
+        if result is not None and result.outcome == "error":
+            raise DualcallSuiteError(result)
+
     def runtest(self) -> None:
         result = _results(self.config).get(self.spec.id)
         if result is None:
@@ -82,10 +88,21 @@ class DualcallItem(pytest.Item):
                 lines.append(f"  {exchange.method} {exchange.url} -> {exchange.status}")
                 lines.append(f"    {exchange.curl()}")
             return "\n".join(lines)
+        if isinstance(excinfo.value, DualcallSuiteError):
+            result = excinfo.value.result
+            return "\n".join([f"{result.id}: {result.message}", *result.details, result.traceback.rstrip()])
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.spec.id} {self.spec.title}"
+
+
+class DualcallSuiteError(Exception):
+    """The suite broke while running a check (a bug in the suite, or its broken installation)."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.message)
+        self.result = result
 
 
 class DualcallCheckFailure(Exception):

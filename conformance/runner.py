@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,8 +15,10 @@ from conformance import __version__
 from conformance.checks import load_all
 from conformance.context import UNKNOWN_JOB_ID, Context, FuzzSettings, Options
 from conformance.contract import contract_version
+from conformance.extras import CONFORMANCE_EXTRA
 from conformance.model import CheckResult, CheckSpec, Exchange, Level, Outcome, Report, Threshold
 from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusable
+from conformance.recognition import Recognition, recognise
 from conformance.registry import AREAS, Check
 from conformance.verdicts import CheckFailed, CheckUnverified, Passed
 
@@ -71,6 +74,13 @@ def unknown_ids(ids: Sequence[str]) -> list[str]:
     return [check_id for check_id in ids if check_id not in known]
 
 
+#: what an ``error`` outcome says besides the exception
+SUITE_BUG = (
+    "this is a bug in the conformance suite, not a finding about the worker: please report it "
+    "with the traceback from the JSON report (--json)"
+)
+
+
 def outcome_for(level: Level, threshold: Threshold) -> Outcome:
     """What a broken rule means for the run: MUST fails; SHOULD fails only at --level should."""
     if level == "MUST" or (level == "SHOULD" and threshold == "should"):
@@ -81,13 +91,14 @@ def outcome_for(level: Level, threshold: Threshold) -> Outcome:
 def preflight(probe: Probe) -> None:
     """Fail fast (CLI exit 2) with the fix, instead of a failure per check, when the target is unusable as given.
 
-    Unusable: it does not speak HTTP; its ``/health`` is 404 (the URL is not the worker's base);
-    its job routes answer 401 and no token (or a wrong one) was given.
+    Unusable: it does not speak HTTP; the URL has a path and its ``/health`` is 404 (the URL is not
+    the worker's base); its job routes answer 401 and no token (or a wrong one) was given. What a
+    base URL serves is recognised next (`conformance.recognition`).
     """
     timeout = min(probe.timeout_s, 10.0)
     try:
         health = probe.http.get(probe.base_url + "/health", timeout=timeout)
-        if health.status_code == 404:
+        if health.status_code == 404 and httpx.URL(probe.base_url).path.strip("/"):
             raise TargetUnusable(_not_a_base_url(probe, timeout))
         job = probe.http.get(
             f"{probe.submit_url}/{UNKNOWN_JOB_ID}",
@@ -125,6 +136,20 @@ def _not_a_base_url(probe: Probe, timeout: float) -> str:
     return message
 
 
+def _not_run(check: Check, recognition: Recognition) -> CheckResult:
+    spec = check.spec
+    fixes = recognition.diagnosis.fixes if recognition.diagnosis else []
+    return CheckResult(
+        id=spec.id,
+        rule=spec.rule,
+        level=spec.level,
+        title=spec.title,
+        outcome="unverified",
+        message=recognition.reason,
+        how_to_verify=fixes[0] if fixes else "a dual-call worker",
+    )
+
+
 def replay_command(config: RunConfig, check: Check) -> str:
     """The command that runs one check again against the same target (with the run's seed for a seeded check)."""
     seed = f" --seed {config.seed}" if config.seed is not None and check.seeded else ""
@@ -142,6 +167,7 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
     details: list[str] = []
     how_to_verify = ""
     shown: list[Exchange] | None = None
+    trace = ""
     started = time.perf_counter()
     ctx.probe.deadline = time.monotonic() + check_budget_s(ctx.options)
     with ctx.probe.recording() as exchanges:
@@ -166,14 +192,13 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
             outcome = outcome_for(level, threshold)
             message = f"HTTP failure during the check: {type(exc).__name__}: {exc}"
         except ImportError as exc:  # the suite's own installation, not the worker
-            outcome = outcome_for(level, threshold)
-            message, details = (
-                f"the conformance suite is missing a dependency: {exc}",
-                ["reinstall: pip install dualcall"],
-            )
-        except Exception as exc:  # a check must never take the run down; say what broke
-            outcome = outcome_for(level, threshold)
-            message = f"the worker's answers broke the check: {type(exc).__name__}: {exc}"
+            outcome, trace = "error", traceback.format_exc()
+            message = f"the conformance suite's own installation is broken: {type(exc).__name__}: {exc}"
+            details = [f"not a finding about the worker: reinstall the suite (pip install '{CONFORMANCE_EXTRA}')"]
+        except Exception as exc:  # a check must never take the run down; and its bug is not the worker's
+            outcome, trace = "error", traceback.format_exc()
+            message = f"a bug in the conformance suite: {type(exc).__name__}: {exc}"
+            details = [SUITE_BUG]
         finally:
             ctx.probe.deadline = None
     return CheckResult(
@@ -187,6 +212,7 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
         details=details,
         duration_s=time.perf_counter() - started,
         how_to_verify=how_to_verify,
+        traceback=trace,
     )
 
 
@@ -228,7 +254,16 @@ def run(
         health = ctx.health()
         if health:
             report.worker = {key: health[key] for key in ("engine", "model", "contract_version") if key in health}
+        recognition = recognise(ctx)
+        report.target_kind = recognition.kind
+        if recognition.diagnosis is not None:
+            ctx.diagnoses.append(recognition.diagnosis)
         selected = selected_checks(config)
+        if recognition.stops_checks:
+            # every check would only repeat the same 404: say it once (the diagnosis), run nothing
+            report.target_unsupported = True
+            report.results = [_not_run(check, recognition) for check in selected]
+            selected = []
         if any(check.seeded for check in selected):
             report.seed = config.seed
         for check in selected:
