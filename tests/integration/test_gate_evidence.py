@@ -37,8 +37,15 @@ EXIT_FAILED, EXIT_SUITE_ERROR = 1, 3
 GATEWAY = "dualcall-worker gateway --upstream URL --upstream-api openai-chat"
 
 
-def _app(routes: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> ASGI:
-    """A tiny JSON server: the listed (method, path) answers, 404 {"detail": "Not Found"} for anything else."""
+PROBLEM_404 = {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no such route"}
+
+
+def _app(routes: dict[tuple[str, str], tuple[int, dict[str, Any]]], *, problem: bool = False) -> ASGI:
+    """A tiny JSON server: the listed (method, path) answers, a 404 for anything else.
+
+    ``problem``: the 404 is a proper RFC 9457 problem document, the hardest kind of 404 to tell
+    from a worker's "unknown job".
+    """
 
     async def app(scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -47,16 +54,20 @@ def _app(routes: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> ASGI:
         while more:  # read the whole request body first, as a real server does
             message = await receive()
             more = message.get("more_body", False)
-        status, body = routes.get((scope["method"], scope["path"]), (404, {"detail": "Not Found"}))
+        found = routes.get((scope["method"], scope["path"]))
+        status, body = found or (404, PROBLEM_404 if problem else {"detail": "Not Found"})
         payload = json.dumps(body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        content_type = b"application/problem+json" if problem and found is None else b"application/json"
+        headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     return app
 
 
-NOT_FOUND = _app({})
+NOT_FOUND = _app({}, problem=True)
+#: healthy by its /health, a problem+json 404 for everything else
+HEALTHY_NOT_FOUND = _app({("GET", "/health"): (200, {"status": "ok"})}, problem=True)
 OPENAI_LIKE = _app(
     {
         ("GET", "/health"): (200, {"status": "ok"}),
@@ -168,9 +179,10 @@ def _run_alone(url: str) -> list[CheckResult]:
     return results
 
 
-def test_no_check_on_its_own_passes_on_404s() -> None:
+@pytest.mark.parametrize("app", [NOT_FOUND, HEALTHY_NOT_FOUND], ids=["all-404", "healthy-404"])
+def test_no_check_on_its_own_passes_on_404s(app: ASGI) -> None:
     """The recognition aside, each check needs evidence of its behaviour: a 404 for everything is none."""
-    with serve(NOT_FOUND) as url:
+    with serve(app) as url:
         results = _run_alone(url)
     passed = [f"{result.id}: {result.message}" for result in results if result.outcome == "passed"]
     assert not passed, "\n".join(passed)
