@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
             "broken rule — every unverified MUST rule is listed either way"
         ),
     )
+    parser.add_argument(
+        "--run-budget",
+        type=positive_number,
+        default=1800.0,
+        metavar="S",
+        help="the whole run's wall-clock bound: no check starts after it, none reads past it; the checks left "
+        "are unverified (default: 1800)",
+    )
     parser.add_argument("--no-fuzz", action="store_true", help="skip schemathesis fuzzing")
     parser.add_argument(
         "--max-examples", type=_count, default=25, metavar="N", help="fuzz examples per operation (default: 25)"
@@ -180,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_examples=args.max_examples,
         seed=seed,
         require_all=args.require_all,
+        run_budget_s=args.run_budget,
     )
     selected = selected_checks(config)
     console.print(f"[bold]dualcall conformance[/] {__version__} — contract {contract_version()} — target {target}")

@@ -26,6 +26,9 @@ SUBMIT_RETRIES: Final = 3
 MAX_RETRY_AFTER_S: Final = 5.0
 #: a job id no worker hands out, for probing the job routes
 UNKNOWN_JOB_ID: Final = "dualcallUnknownJob0000000000"
+#: how often, and how far apart, the suite looks at /health and the job again before calling a queue stuck
+QUEUE_WATCH_POLLS: Final = 5
+QUEUE_WATCH_INTERVAL_S: Final = 1.0
 #: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
 SHORT_MAX_TOKENS: Final = 24
 
@@ -67,6 +70,8 @@ class Context:
     fuzz: FuzzSettings = field(default_factory=FuzzSettings)
     #: progress lines of long checks (the console shows them)
     on_progress: Callable[[str], None] | None = None
+    #: why the run stopped waiting for the worker: it stopped making progress (see `judge_stall`)
+    stuck: str | None = None
     #: the verdicts of the run's one fuzz run, once it ran (the fuzz checks share it)
     fuzz_verdicts: dict[str, FuzzVerdict] | None = None
 
@@ -116,6 +121,9 @@ class Context:
         A 503 (queue full, e.g. still draining an earlier check's jobs) is retried after its
         Retry-After, a few times, as a well-behaved client would.
         """
+        if self.stuck is not None:
+            # one defect, one failure: the check that saw the worker stop carries it
+            raise CheckUnverified(f"not run: {self.stuck}", "a worker that keeps making progress (see the failure)")
         body = body or self.body()
         response = self.probe.submit(body)
         for _ in range(SUBMIT_RETRIES):
@@ -172,7 +180,7 @@ class Context:
         stale = isinstance(ttl, int | float) and time.monotonic() - self._reference_at > ttl / 2
         if self._reference is None or stale:
             job = self.submit()
-            capture = self.probe.stream(job.sse_url)
+            capture = self.probe.stream(job.sse_url, await_close=True)  # DC-STREAM-007 judges the close
             self._reference = (job, capture)
             self._reference_at = time.monotonic()
         return self._reference
@@ -189,39 +197,90 @@ class Context:
         return capture
 
     def judge_stall(self, job: Job, capture: StreamCapture) -> None:
-        """A read that saw no event for ``stall_s``: failed when the worker says the job is running.
+        """A read that saw no event for ``stall_s``: failed when nothing moves while the worker says it is healthy.
 
         A generator that deadlocked while /health still answers 200 is the failure DC-4.3 and
-        DC-5.1 exist for; a job that merely waits in a queue is not evidence of anything.
+        DC-5.1 exist for. A job that waits in a queue is evidence only when the queue does not move
+        either: the suite then watches /health's queue counters and the job's state for a while, and
+        calls the worker stuck when neither changes (unverified when they do: it is busy with other
+        work). Once stuck, the rest of the run does not wait again (see `submit`).
         """
         if not capture.stalled:
             return
-        deadline, self.probe.deadline = self.probe.deadline, None  # two bounded requests, past the budget if need be
+        deadline, self.probe.deadline = self.probe.deadline, None  # a few bounded requests, past the budget if need be
         try:
-            health = self.probe.request("GET", self.base_url + "/health", auth=False)
-            status = self.probe.request("GET", job.status_url)
+            health, status = self._health_and_state(job)
+            state = _state(status)
+            moved = state == "queued" and self._queue_moves(health, job)
         finally:
             self.probe.deadline = deadline
-        try:
-            state = status.json().get("state") if status.status_code == 200 else None
-        except (ValueError, AttributeError):
-            state = None
-        evidence = (
+        evidence = [
             f"after {len(capture.protocol_events)} events, no event for {self.probe.stall_s:g} s "
             f"(keep-alive comments: {len(capture.comments)})",
             f"/health answered {health.status_code}; the job's status answered {status.status_code}"
             + (f" with state {state!r}" if state else ""),
-        )
-        if state == "queued":
+        ]
+        shown = [exchange for exchange in (capture.exchange,) if exchange is not None]
+        if state == "queued" and moved:
             raise CheckUnverified(
-                f"the job stayed queued for {self.probe.stall_s:g} s, so its stream could not be read",
+                f"the job stayed queued for {self.probe.stall_s:g} s while the worker worked on other jobs, "
+                "so its stream could not be read",
                 "a worker that is not busy with other clients' jobs during the run",
+            )
+        if state == "queued":
+            queue = _queue(health)
+            evidence.append(
+                f"/health's queue counters did not change while the suite watched ({queue})"
+                if queue is not None
+                else "the worker's /health advertises no queue counters, and the job's state did not change"
+            )
+            self.stuck = (
+                f"the worker stopped making progress: a job stayed queued for {self.probe.stall_s:g} s and nothing "
+                f"moved, while /health answered {health.status_code}"
+            )
+            self.diagnoses.append(
+                Diagnosis(
+                    name="worker stopped making progress",
+                    summary=f"{self.stuck}. Checks after this point were not run (unverified), so that one "
+                    "defect is reported once.",
+                    observations=evidence,
+                    fixes=[
+                        "Find what stops the engine from taking the next job (a reader that disconnected, "
+                        "a lock held by a cancelled generator); /health should not say ok while it is stuck.",
+                        "If other clients were using this worker during the run, run the gate against a "
+                        "dedicated worker.",
+                    ],
+                    explains_failures=False,
+                )
+            )
+            raise CheckFailed(
+                f"nothing moves while /health says {health.status_code}: the job stayed queued for "
+                f"{self.probe.stall_s:g} s and the queue did not move",
+                *evidence,
+                exchanges=shown,
+                timing=True,
             )
         raise CheckFailed(
             f"the stream stalled: no event for {self.probe.stall_s:g} s while /health said {health.status_code}"
             + (f" and the job was {state!r}" if state else ""),
             *evidence,
+            exchanges=shown,
+            timing=True,
         )
+
+    def _health_and_state(self, job: Job) -> tuple[httpx.Response, httpx.Response]:
+        health = self.probe.request("GET", self.base_url + "/health", auth=False)
+        return health, self.probe.request("GET", job.status_url)
+
+    def _queue_moves(self, first: httpx.Response, job: Job) -> bool:
+        """Whether /health's queue counters or the job's state change within a short watch."""
+        before = _queue(first)
+        for _ in range(QUEUE_WATCH_POLLS):
+            time.sleep(QUEUE_WATCH_INTERVAL_S)
+            health, status = self._health_and_state(job)
+            if _state(status) != "queued" or (before is not None and _queue(health) != before):
+                return True
+        return False
 
     def ttl(self) -> float:
         """The advertised job TTL when the suite may wait it out; unverified otherwise."""
@@ -247,6 +306,23 @@ class Context:
                 "a stream that delivers events (see DC-STREAM-001)",
             )
         return job, capture
+
+
+def _state(status: httpx.Response) -> str | None:
+    try:
+        state = status.json().get("state") if status.status_code == 200 else None
+    except (ValueError, AttributeError):
+        return None
+    return state if isinstance(state, str) else None
+
+
+def _queue(health: httpx.Response) -> dict[str, Any] | None:
+    """The queue counters /health advertises (``{"active", "queued", ...}``), when it does."""
+    try:
+        queue = health.json().get("queue")
+    except (ValueError, AttributeError):
+        return None
+    return queue if isinstance(queue, dict) else None
 
 
 def event_data(capture: StreamCapture, event_type: str) -> list[dict[str, Any]]:

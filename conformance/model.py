@@ -108,6 +108,8 @@ class CheckResult:
     replay: str = ""
     #: for an ``error``: the suite's traceback (for its bug report)
     traceback: str = ""
+    #: the failure was a matter of timing (a stall, a deadline): the run's load may have been part of it
+    depends_on_load: bool = False
 
     @property
     def evidence(self) -> dict[str, object]:
@@ -126,6 +128,7 @@ class CheckResult:
             "duration_s": round(self.duration_s, 3),
             "evidence": self.evidence,
             "traceback": self.traceback,
+            "depends_on_load": self.depends_on_load,
         }
 
 
@@ -137,6 +140,8 @@ class Diagnosis:
     summary: str
     observations: list[str]
     fixes: list[str]
+    #: the diagnosis is what the target is (legacy, not a worker): it explains every failure of the run
+    explains_failures: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "summary": self.summary, "observations": self.observations, "fixes": self.fixes}

@@ -64,6 +64,10 @@ class StreamCapture:
     error: str | None = None
     elapsed_s: float = 0.0
     first_event_s: float | None = None
+    #: the read as report evidence (what a check shows when this read broke its rule)
+    exchange: Exchange | None = None
+    #: the read waited (up to CLOSE_GRACE_S) after [DONE] to see whether the server closes (DC-2.7)
+    awaited_close: bool = False
 
     @property
     def content_type(self) -> str:
@@ -272,15 +276,19 @@ class Probe:
         stop_after_events: int | None = None,
         on_event: Any = None,
         max_duration_s: float | None = None,
+        await_close: bool = False,
     ) -> StreamCapture:
         """Read a stream to its end (or ``stop_after_events``), recording raw bytes and timing.
 
         ``on_event(capture, event)`` is called for each event as it arrives (used to act
         mid-stream, e.g. cancel or disconnect); returning True stops reading. Every read ends by
         the check's deadline, and when no event arrives for ``stall_s`` (``capture.stalled``).
+        A read ends at ``data: [DONE]``; only with ``await_close`` does it wait (at most
+        ``CLOSE_GRACE_S``) to see whether the server closes after it (DC-2.7), so that a worker
+        keeping connections open delays that one read, not every read of the run.
         """
         self._check_budget()
-        capture = StreamCapture(url=url)
+        capture = StreamCapture(url=url, awaited_close=await_close)
         parser = SSEParser(strict=True)
         request = self.http.build_request(method, url, headers=self._headers(headers, auth), content=content)
         exchange = Exchange(
@@ -319,6 +327,10 @@ class Probe:
                         capture.done_seen = True
                         # whatever followed [DONE] in the same read also breaks DC-2.7
                         capture.bytes_after_done += bytes(buffer[_consumed(buffer, event) :])
+                        if not await_close:
+                            capture.closed_by_suite = True
+                            response.close()
+                            break
                         timer = threading.Timer(
                             CLOSE_GRACE_S, _stop_reading, args=(capture, response), kwargs={"deadline": False}
                         )
@@ -330,7 +342,7 @@ class Probe:
                         capture.error = "stopped by the check"
                         response.close()
                         break
-                if capture.error == "stopped by the check":
+                if capture.error == "stopped by the check" or (capture.done_seen and not await_close):
                     break
                 if len(buffer) > MAX_STREAM_BYTES:
                     capture.truncated = True
@@ -367,6 +379,7 @@ class Probe:
         exchange.response_headers = capture.headers
         exchange.body_excerpt, exchange.body_truncated = _excerpt(capture.raw)
         exchange.error = capture.error
+        capture.exchange = exchange
         self._record(exchange)
         with self._lock:
             self.captures.append(capture)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 import traceback
@@ -35,6 +36,8 @@ class RunConfig:
     seed: int | None = 0
     #: ``--require-all``: an unverified MUST check fails the run
     require_all: bool = False
+    #: ``--run-budget``: no check starts after this many seconds (the rest are unverified), none runs past it
+    run_budget_s: float = 1800.0
 
 
 def ordered_checks() -> list[Check]:
@@ -150,10 +153,48 @@ def _not_run(check: Check, recognition: Recognition) -> CheckResult:
     )
 
 
-def replay_command(config: RunConfig, check: Check) -> str:
-    """The command that runs one check again against the same target (with the run's seed for a seeded check)."""
-    seed = f" --seed {config.seed}" if config.seed is not None and check.seeded else ""
-    return f"dualcall-conformance {shlex.quote(config.target)} --checks {check.spec.id}{seed}"
+def _options(config: RunConfig) -> str:
+    """The run's options that change what a check does (the token stays in $DUALCALL_TOKEN)."""
+    defaults = Options()
+    words = []
+    if config.options.timeout_s != defaults.timeout_s:
+        words += ["--timeout", f"{config.options.timeout_s:g}"]
+    if config.options.ttl_budget_s != defaults.ttl_budget_s:
+        words += ["--ttl-budget", f"{config.options.ttl_budget_s:g}"]
+    if config.threshold == "should":
+        words += ["--level", "should"]
+    return "".join(f" {word}" for word in words)
+
+
+def _out_of_run_budget(check: Check, budget_s: float) -> CheckResult:
+    spec = check.spec
+    return CheckResult(
+        id=spec.id,
+        rule=spec.rule,
+        level=spec.level,
+        title=spec.title,
+        outcome="unverified",
+        message=f"not run: the run used up its budget of {budget_s:g} s (--run-budget) before this check",
+        how_to_verify=f"a larger --run-budget, or --checks {spec.id}",
+    )
+
+
+def replay_command(config: RunConfig, check: Check, result: CheckResult | None = None) -> str:
+    """The command that runs one check again under the same conditions (seed, options).
+
+    A failure that was a matter of timing (``depends_on_load``) may not come back when the check
+    runs alone: the command then reruns the whole catalogue with the same seed, and says why.
+    """
+    target = shlex.quote(config.target)
+    seed = f" --seed {config.seed}" if config.seed is not None else ""
+    if result is not None and result.depends_on_load:
+        return (
+            f"dualcall-conformance {target}{seed}{_options(config)}"
+            f"  # {check.spec.id} failed on timing under the whole run's load; run alone "
+            f"(--checks {check.spec.id}) it may pass, so this replays the whole run"
+        )
+    seed = seed if check.seeded else ""
+    return f"dualcall-conformance {target} --checks {check.spec.id}{seed}{_options(config)}"
 
 
 def check_budget_s(options: Options) -> float:
@@ -161,15 +202,17 @@ def check_budget_s(options: Options) -> float:
     return 20 * options.timeout_s + 3 * options.ttl_budget_s
 
 
-def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
+def run_check(check: Check, ctx: Context, threshold: Threshold, *, until: float | None = None) -> CheckResult:
+    """Run one check; ``until`` (monotonic) caps its budget (the run's own deadline)."""
     spec = check.spec
     level = spec.level
     details: list[str] = []
     how_to_verify = ""
     shown: list[Exchange] | None = None
     trace = ""
+    timing = False
     started = time.perf_counter()
-    ctx.probe.deadline = time.monotonic() + check_budget_s(ctx.options)
+    ctx.probe.deadline = min(time.monotonic() + check_budget_s(ctx.options), until or math.inf)
     with ctx.probe.recording() as exchanges:
         try:
             level = check.level(ctx)
@@ -181,7 +224,7 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
                 message = returned or "ok"
         except CheckFailed as exc:
             outcome, message, details = outcome_for(level, threshold), exc.message, exc.details
-            shown = exc.exchanges
+            shown, timing = exc.exchanges, exc.timing
         except CheckUnverified as exc:
             outcome, message, how_to_verify = "unverified", exc.reason, exc.how_to_verify
         except BudgetSpent:
@@ -218,6 +261,7 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
         duration_s=time.perf_counter() - started,
         how_to_verify=how_to_verify,
         traceback=trace,
+        depends_on_load=timing,
     )
 
 
@@ -271,11 +315,15 @@ def run(
             selected = []
         if any(check.seeded for check in selected):
             report.seed = config.seed
+        until = time.monotonic() + config.run_budget_s
         for check in selected:
             if on_start:
                 on_start(check.spec)
-            result = run_check(check, ctx, config.threshold)
-            result.replay = replay_command(config, check)
+            if time.monotonic() >= until:
+                result = _out_of_run_budget(check, config.run_budget_s)
+            else:
+                result = run_check(check, ctx, config.threshold, until=until)
+            result.replay = replay_command(config, check, result)
             report.results.append(result)
             if on_result:
                 on_result(result)

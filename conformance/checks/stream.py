@@ -227,6 +227,8 @@ def done_then_close(ctx: Context) -> str:
         )
     if capture.bytes_after_done.strip():
         raise CheckFailed(f"bytes after [DONE]: {capture.bytes_after_done[:120]!r}")
+    if not capture.awaited_close:
+        raise CheckUnverified("the reference stream was read without waiting for the close after [DONE]")
     if not capture.closed_after_done:
         raise CheckFailed("the connection stayed open after [DONE] (waited 2 s for the server to close it)")
     return "[DONE] then close"

@@ -179,10 +179,11 @@ def render_console(report: Report, console: Console, *, lines_already_printed: b
         for result in errors:
             _print_suite_error(console, result)
     problems = [r for r in report.results if r.outcome in ("failed", "warning")]
-    if problems and report.diagnoses:
+    explaining = [d for d in report.diagnoses if d.explains_failures]
+    if problems and explaining:
         console.print()
-        names = ", ".join(_clean(d.name) for d in report.diagnoses)
-        console.rule(Text(f"Failures and warnings of a {names}", style="bold"))
+        names = ", ".join(_clean(d.name) for d in explaining)
+        console.rule(Text(f"Failures and warnings ({names})", style="bold"))
         console.print(
             Text(
                 f"The diagnosis above explains these {len(problems)} checks; the evidence of each is in the "
