@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from conformance.client import SUBMIT_PATH, resolve, retry_after_seconds
-from conformance.model import Diagnosis
+from conformance.model import Diagnosis, Exchange
 from conformance.probe import Probe, StreamCapture
 from conformance.verdicts import CheckFailed, CheckUnverified
 
@@ -55,6 +55,8 @@ class Job:
     status_url: str
     body: dict[str, Any]
     response: httpx.Response
+    #: the submission as report evidence
+    exchange: Exchange | None = None
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Context:
             status_url=resolve(self.probe.submit_url, status_ref),
             body=body,
             response=response,
+            exchange=self.probe.exchanges[-1] if self.probe.exchanges else None,
         )
 
     def resolve_status(self, response: httpx.Response) -> str:
