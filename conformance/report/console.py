@@ -30,6 +30,7 @@ from conformance.report.text import (
     OUTCOME_LABEL,
     clip,
     counted,
+    plural,
     request_line,
     response_line,
     summary_line,
@@ -184,16 +185,19 @@ def render_console(report: Report, console: Console, *, lines_already_printed: b
         console.print()
         names = ", ".join(_clean(d.name) for d in explaining)
         console.rule(Text(f"Failures and warnings ({names})", style="bold"))
-        console.print(
-            Text(
-                f"The diagnosis above explains these {len(problems)} checks; the evidence of each is in the "
-                "JSON/HTML report (--json, --html).",
-                style="dim",
-            ),
-            soft_wrap=True,
-        )
-        for result in problems:
-            console.print(check_line(result), soft_wrap=True)
+        # the first failure's evidence reproduces what the diagnosis describes; the rest follow from it
+        _print_evidence(console, problems[0])
+        if len(problems) > 1:
+            console.print(
+                Text(
+                    f"The diagnosis above also explains {plural(len(problems) - 1, 'other check')} below; the "
+                    "evidence of each is in the JSON/HTML report (--json, --html):",
+                    style="dim",
+                ),
+                soft_wrap=True,
+            )
+            for result in problems[1:]:
+                console.print(check_line(result), soft_wrap=True)
     elif problems:
         console.print()
         console.rule(Text("Failures and warnings", style="bold"))

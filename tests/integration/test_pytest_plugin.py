@@ -178,3 +178,28 @@ def test_unreachable_url_is_a_usage_error(pytester: pytest.Pytester) -> None:
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert "passed" not in result.stdout.str()
     assert "failed" not in result.stdout.str()
+
+
+def test_a_bug_in_a_check_is_an_error_not_a_failure(pytester: pytest.Pytester, fast_mock: WorkerProcess) -> None:
+    """A check that raises (a bug planted here) is the suite's ERROR; the worker is not blamed."""
+    pytester.makeconftest(
+        """
+        import dataclasses
+        from conformance import registry
+        from conformance.checks import load_all
+
+        load_all()
+
+        def planted(ctx):
+            raise ZeroDivisionError("planted")
+
+        registry.REGISTRY["DC-SVC-001"] = dataclasses.replace(registry.REGISTRY["DC-SVC-001"], func=planted)
+        """
+    )
+    result = run(
+        pytester, "--dualcall-url", fast_mock.url, "--dualcall-no-fuzz", "--dualcall-checks", "DC-SVC-001,DC-SVC-006"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    text = result.stdout.str()
+    assert "ERROR" in text and "bug in the conformance suite" in text, output(result)
+    assert "ZeroDivisionError: planted" in text, output(result)

@@ -310,8 +310,8 @@ def test_console_leads_with_the_diagnosis_and_groups_what_it_explains(report: Re
     assert out.index(f"Diagnosis: {DIAGNOSIS_NAME}") < out.index("DC-SUBMIT-202")
     assert "What to change" in out
     assert "1. Answer POST with 202 {job_id, sse_url}" in out
-    assert "The diagnosis above explains these 2 checks" in out
-    assert "$ curl" not in out  # one line per explained failure; the evidence is in the JSON/HTML report
+    assert "The diagnosis above also explains 1 other check below" in out
+    assert out.count("$ curl") == 1  # the first failure's evidence; one line for each other explained one
     assert "\x1b" not in out
     assert "s3cret" not in out
 
