@@ -183,7 +183,7 @@ class Context:
         stale = isinstance(ttl, int | float) and time.monotonic() - self._reference_at > ttl / 2
         if self._reference is None or stale:
             job = self.submit()
-            capture = self.probe.stream(job.sse_url, await_close=True)  # DC-STREAM-007 judges the close
+            capture = self.probe.stream(job.sse_url)
             self._reference = (job, capture)
             self._reference_at = time.monotonic()
         return self._reference
