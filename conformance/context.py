@@ -200,13 +200,14 @@ class Context:
         return capture
 
     def judge_stall(self, job: Job, capture: StreamCapture) -> None:
-        """A read that saw no event for ``stall_s``: failed when nothing moves while the worker says it is healthy.
+        """A read that saw no event for ``stall_s``: failed when the worker says it is healthy.
 
         A generator that deadlocked while /health still answers 200 is the failure DC-4.3 and
-        DC-5.1 exist for. A job that waits in a queue is evidence only when the queue does not move
-        either: the suite then watches /health's queue counters and the job's state for a while, and
-        calls the worker stuck when neither changes (unverified when they do: it is busy with other
-        work). Once stuck, the rest of the run does not wait again (see `submit`).
+        DC-5.1 exist for. Before judging, the suite watches /health's queue counters and the job's
+        state for a few seconds. When nothing moves, the worker is stuck: the check fails with that
+        evidence and the rest of the run does not wait on it again (`submit` answers unverified).
+        When something moves, a queued job merely waits behind other work (unverified), while a
+        running job that sent nothing is a stalled generator (failed).
         """
         if not capture.stalled:
             return
@@ -214,7 +215,7 @@ class Context:
         try:
             health, status = self._health_and_state(job)
             state = _state(status)
-            moved = state == "queued" and self._queue_moves(health, job)
+            moved = self._anything_moves(health, state, job)
         finally:
             self.probe.deadline = deadline
         evidence = [
@@ -230,35 +231,17 @@ class Context:
                 "so its stream could not be read",
                 "a worker that is not busy with other clients' jobs during the run",
             )
-        if state == "queued":
+        if not moved:
             queue = _queue(health)
             evidence.append(
-                f"/health's queue counters did not change while the suite watched ({queue})"
+                f"neither /health's queue counters ({queue}) nor the job's state changed while the suite watched"
                 if queue is not None
                 else "the worker's /health advertises no queue counters, and the job's state did not change"
             )
-            self.stuck = (
-                f"the worker stopped making progress: a job stayed queued for {self.probe.stall_s:g} s and nothing "
-                f"moved, while /health answered {health.status_code}"
-            )
-            self.diagnoses.append(
-                Diagnosis(
-                    name="worker stopped making progress",
-                    summary=f"{self.stuck}. Checks after this point were not run (unverified), so that one "
-                    "defect is reported once.",
-                    observations=evidence,
-                    fixes=[
-                        "Find what stops the engine from taking the next job (a reader that disconnected, "
-                        "a lock held by a cancelled generator); /health should not say ok while it is stuck.",
-                        "If other clients were using this worker during the run, run the gate against a "
-                        "dedicated worker.",
-                    ],
-                    explains_failures=False,
-                )
-            )
+            self._declare_stuck(health, state, evidence)
             raise CheckFailed(
-                f"nothing moves while /health says {health.status_code}: the job stayed queued for "
-                f"{self.probe.stall_s:g} s and the queue did not move",
+                f"nothing moves while /health says {health.status_code}: the job stayed {state or 'unreadable'} "
+                f"for {self.probe.stall_s:g} s with no event, and the queue did not move",
                 *evidence,
                 exchanges=shown,
                 timing=True,
@@ -271,17 +254,37 @@ class Context:
             timing=True,
         )
 
+    def _declare_stuck(self, health: httpx.Response, state: str | None, evidence: list[str]) -> None:
+        self.stuck = (
+            f"the worker stopped making progress: a job stayed {state or 'unreadable'} for {self.probe.stall_s:g} s "
+            f"and nothing moved, while /health answered {health.status_code}"
+        )
+        self.diagnoses.append(
+            Diagnosis(
+                name="worker stopped making progress",
+                summary=f"{self.stuck}. Checks after this point were not run (unverified), so that one "
+                "defect is reported once.",
+                observations=evidence,
+                fixes=[
+                    "Find what stops the engine from taking the next job (a reader that disconnected, "
+                    "a lock held by a cancelled generator); /health should not say ok while it is stuck.",
+                    "If other clients were using this worker during the run, run the gate against a dedicated worker.",
+                ],
+                explains_failures=False,
+            )
+        )
+
     def _health_and_state(self, job: Job) -> tuple[httpx.Response, httpx.Response]:
         health = self.probe.request("GET", self.base_url + "/health", auth=False)
         return health, self.probe.request("GET", job.status_url)
 
-    def _queue_moves(self, first: httpx.Response, job: Job) -> bool:
+    def _anything_moves(self, first: httpx.Response, state: str | None, job: Job) -> bool:
         """Whether /health's queue counters or the job's state change within a short watch."""
         before = _queue(first)
         for _ in range(QUEUE_WATCH_POLLS):
             time.sleep(QUEUE_WATCH_INTERVAL_S)
             health, status = self._health_and_state(job)
-            if _state(status) != "queued" or (before is not None and _queue(health) != before):
+            if _state(status) != state or (before is not None and _queue(health) != before):
                 return True
         return False
 
