@@ -27,7 +27,7 @@ from workerproc import WorkerProcess
 from conformance.context import Context, FuzzSettings, Options
 from conformance.model import CheckResult
 from conformance.probe import Probe
-from conformance.runner import ordered_checks, run_check
+from conformance.runner import RunConfig, ordered_checks, run, run_check
 
 pytestmark = pytest.mark.slow
 
@@ -240,3 +240,61 @@ def test_the_suites_broken_install_is_a_suite_error(mock: WorkerProcess, tmp_pat
     (check,) = report["checks"]
     assert check["outcome"] == "error" and "installation is broken" in check["message"]
     assert "pip install" in " ".join(check["evidence"]["details"])
+
+
+def test_the_mock_refuses_number_literals_that_are_not_json(mock: WorkerProcess, tmp_path: Path) -> None:
+    args, json_path, _, _ = reports(tmp_path)
+    done = gate(mock.url, "--no-fuzz", "--checks", "DC-SUBMIT-013", *args)
+    assert done.returncode == 0, explain(done)
+    (check,) = json.loads(json_path.read_text(encoding="utf-8"))["checks"]
+    assert check["outcome"] == "passed" and "refused" in check["message"]
+
+
+# -------------------------------------------------------------------- one liveness defect, one failure
+
+
+SERVE = Path(__file__).resolve().parents[1] / "broken_workers" / "serve.py"
+
+
+class BrokenWorker(WorkerProcess):
+    """`serve.py DEFECT`: the mock with one defect of the catalogue."""
+
+    def __init__(self, defect: str, *args: str) -> None:
+        super().__init__("mock", *args, start_timeout_s=60.0)
+        self.defect = defect
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, str(SERVE), self.defect, "--port", "0", *self.args]
+
+
+@pytest.mark.parametrize(
+    ("defect", "caught_by"),
+    [
+        # the connection stays open after [DONE] until the client leaves: only the close check may fail
+        ("held-open-after-done", "DC-STREAM-007"),
+        # the engine takes no further job after a reader hangs up, while /health says ok
+        ("disconnect-stalls-engine", "DC-LIFE-003"),
+    ],
+)
+def test_one_liveness_defect_is_one_failure_in_a_bounded_run(defect: str, caught_by: str) -> None:
+    """No cascade: the other checks pass or say they were not run because of it; the run ends (fuzzing included)."""
+    with BrokenWorker(defect, "--token-delay-ms", "0", "--ttl-s", "2", "--keepalive-s", "1") as worker:
+        report = run(
+            RunConfig(
+                target=worker.url,
+                options=Options(timeout_s=3.0, ttl_budget_s=4.0),
+                max_examples=4,
+                seed=7,
+                run_budget_s=900.0,
+            )
+        )
+    outcomes = {result.id: result for result in report.results}
+    failed = sorted(check_id for check_id, result in outcomes.items() if result.outcome in ("failed", "error"))
+    assert failed == [caught_by], "\n".join(f"{r.id} {r.outcome}: {r.message}" for r in report.results)
+    assert not any("used up its budget" in result.message for result in report.results)
+    if defect == "disconnect-stalls-engine":
+        assert "nothing moves" in outcomes[caught_by].message
+        assert any(d.name == "worker stopped making progress" for d in report.diagnoses)
+        later = report.results[report.results.index(outcomes[caught_by]) + 1 :]
+        assert any("not run: the worker stopped making progress" in r.message for r in later)
