@@ -111,11 +111,34 @@ class DualcallCheckFailure(Exception):
         self.result = result
 
 
+class DualcallTargetItem(pytest.Item):
+    """What the target is, said once: fails when it is not a dual-call worker (the checks are then skipped)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_marker(pytest.mark.dualcall)
+
+    def runtest(self) -> None:
+        _results(self.config)
+        report = self.config.stash[_STATE_KEY]["report"]
+        if report.target_unsupported:
+            diagnosis = report.diagnoses[0] if report.diagnoses else None
+            lines = [f"not a dual-call worker: {report.target_kind}"]
+            if diagnosis is not None:
+                lines += [diagnosis.summary, *(f"fix: {fix}" for fix in diagnosis.fixes)]
+            pytest.fail("\n".join(lines), pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, "target recognition"
+
+
 class DualcallCollector(pytest.Collector):
     def collect(self) -> Iterator[pytest.Item]:
         from conformance.runner import catalogue
 
         only = _selected(self.config)
+        if only is None:  # a selection of checks is a debugging run: no extra item
+            yield DualcallTargetItem.from_parent(self, name="target")
         for spec in catalogue():
             if only is None or spec.id in only:
                 yield DualcallItem.from_parent(self, name=spec.id, spec=spec)

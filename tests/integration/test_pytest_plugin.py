@@ -83,8 +83,45 @@ def test_mock_every_dualcall_item_passes(pytester: pytest.Pytester, fast_mock: W
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, output(result)
     assert outcomes.get("errors", 0) == 0, output(result)
-    assert outcomes["passed"] == len(non_fuzz_ids) - len(skipped_checks), output(result)
+    # every check that was not skipped, and the item that says what the target is
+    assert outcomes["passed"] == len(non_fuzz_ids) - len(skipped_checks) + 1, output(result)
     assert outcomes["skipped"] == len(fuzz_ids) + len(skipped_checks), output(result)
+
+
+@pytest.fixture
+def not_found_server() -> Iterator[str]:
+    """A loopback HTTP server that answers 404 to every request."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = do_DELETE = do_PUT = _answer
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_target_that_is_not_a_worker_fails_once(pytester: pytest.Pytester, not_found_server: str) -> None:
+    result = run(pytester, "--dualcall-url", not_found_server, "--dualcall-no-fuzz", "-q", "-rf")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1 and "passed" not in outcomes, output(result)
+    assert "not a dual-call worker" in result.stdout.str(), output(result)
 
 
 def test_legacy_failures_name_check_rule_and_curl(pytester: pytest.Pytester, legacy_worker: WorkerProcess) -> None:
