@@ -36,8 +36,10 @@ from conformance.sse import SSEParser, parse_stream
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
 from workers.engines.mock import MockEngine
-from workers.registry_api import InProcessBackend, RegistryBackend
-from workers.registry_redis import RedisRegistry
+from workers.metrics import JobMetrics
+from workers.registry import RegistryBackend
+from workers.registry.in_process import InProcessRegistry
+from workers.registry.redis_backend import RedisRegistry
 from workers.testing import WorkerProcess
 from workers.testing_redis import RedisServer, find_redis_server
 
@@ -87,11 +89,11 @@ async def _with_backends(url: str | None, engine: Any, body: Callable[..., Await
     owner: RegistryBackend
     reader: RegistryBackend
     if url is None:
-        owner = reader = InProcessBackend(engine, settings)
+        owner = reader = InProcessRegistry(engine, settings, JobMetrics())
         backends = [owner]
     else:
-        owner = RedisRegistry(engine, settings, url)
-        reader = RedisRegistry(MockEngine(), settings, url)
+        owner = RedisRegistry(engine, settings, JobMetrics(), url)
+        reader = RedisRegistry(MockEngine(), settings, JobMetrics(), url)
         backends = [owner, reader]
     for backend in backends:
         backend.start()
