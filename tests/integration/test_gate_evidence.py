@@ -273,11 +273,12 @@ class BrokenWorker(WorkerProcess):
     [
         # the connection stays open after [DONE] until the client leaves: only the close check may fail
         ("held-open-after-done", "DC-STREAM-007"),
-        # the engine takes no further job after a reader hangs up, while /health says ok
-        ("disconnect-stalls-engine", "DC-LIFE-003"),
+        # the engine takes no further job after a reader hangs up, while /health says ok: the first check that
+        # waits on a job after that fails (which one depends on when the first reader hangs up)
+        ("disconnect-stalls-engine", None),
     ],
 )
-def test_one_liveness_defect_is_one_failure_in_a_bounded_run(defect: str, caught_by: str) -> None:
+def test_one_liveness_defect_is_one_failure_in_a_bounded_run(defect: str, caught_by: str | None) -> None:
     """No cascade: the other checks pass or say they were not run because of it; the run ends (fuzzing included)."""
     with BrokenWorker(defect, "--token-delay-ms", "0", "--ttl-s", "2", "--keepalive-s", "1") as worker:
         report = run(
@@ -291,7 +292,9 @@ def test_one_liveness_defect_is_one_failure_in_a_bounded_run(defect: str, caught
         )
     outcomes = {result.id: result for result in report.results}
     failed = sorted(check_id for check_id, result in outcomes.items() if result.outcome in ("failed", "error"))
-    assert failed == [caught_by], "\n".join(f"{r.id} {r.outcome}: {r.message}" for r in report.results)
+    explain = "\n".join(f"{r.id} {r.outcome}: {r.message}" for r in report.results)
+    assert len(failed) == 1 and failed[0] == (caught_by or failed[0]), explain
+    caught_by = failed[0]
     assert not any("used up its budget" in result.message for result in report.results)
     if defect == "disconnect-stalls-engine":
         assert "nothing moves" in outcomes[caught_by].message
