@@ -23,6 +23,9 @@ from conformance.recognition import Recognition, recognise
 from conformance.registry import AREAS, Check
 from conformance.verdicts import CheckFailed, CheckUnverified, Passed
 
+#: fuzz examples per operation unless ``--max-examples`` says otherwise
+DEFAULT_MAX_EXAMPLES = 25
+
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
@@ -32,7 +35,7 @@ class RunConfig:
     only: frozenset[str] | None = None
     #: run the fuzz checks (the seeded ones: they generate requests from ``seed``)
     fuzz: bool = True
-    max_examples: int = 25
+    max_examples: int = DEFAULT_MAX_EXAMPLES
     seed: int | None = 0
     #: ``--require-all``: an unverified MUST check fails the run
     require_all: bool = False
@@ -187,14 +190,17 @@ def replay_command(config: RunConfig, check: Check, result: CheckResult | None =
     """
     target = shlex.quote(config.target)
     seed = f" --seed {config.seed}" if config.seed is not None else ""
+    fuzz = f" --max-examples {config.max_examples}" if config.max_examples != DEFAULT_MAX_EXAMPLES else ""
     if result is not None and result.depends_on_load:
+        scope = f" --checks {','.join(sorted(config.only))}" if config.only is not None else ""
+        scope += "" if config.fuzz else " --no-fuzz"
         return (
-            f"dualcall-conformance {target}{seed}{_options(config)}"
+            f"dualcall-conformance {target}{scope}{seed}{fuzz}{_options(config)}"
             f"  # {check.spec.id} failed on timing under the whole run's load; run alone "
             f"(--checks {check.spec.id}) it may pass, so this replays the whole run"
         )
-    seed = seed if check.seeded else ""
-    return f"dualcall-conformance {target} --checks {check.spec.id}{seed}{_options(config)}"
+    seed, fuzz = (seed, fuzz) if check.seeded else ("", "")
+    return f"dualcall-conformance {target} --checks {check.spec.id}{seed}{fuzz}{_options(config)}"
 
 
 def check_budget_s(options: Options) -> float:
