@@ -26,8 +26,7 @@ SUBMIT_RETRIES: Final = 3
 MAX_RETRY_AFTER_S: Final = 5.0
 #: a job id no worker hands out, for probing the job routes
 UNKNOWN_JOB_ID: Final = "dualcallUnknownJob0000000000"
-#: how often, and how far apart, the suite looks at /health and the job again before calling a queue stuck
-QUEUE_WATCH_POLLS: Final = 5
+#: how far apart the suite looks at /health and the job again before calling a stalled worker stuck
 QUEUE_WATCH_INTERVAL_S: Final = 1.0
 #: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
 SHORT_MAX_TOKENS: Final = 24
@@ -204,8 +203,9 @@ class Context:
 
         A generator that deadlocked while /health still answers 200 is the failure DC-4.3 and
         DC-5.1 exist for. Before judging, the suite watches /health's queue counters and the job's
-        state for a few seconds. When nothing moves, the worker is stuck: the check fails with that
-        evidence and the rest of the run does not wait on it again (`submit` answers unverified).
+        state and token count for as long again as the stall. When nothing moves, the worker is
+        stuck: the check fails with that evidence and the rest of the run does not wait on it again
+        (`submit` answers unverified).
         When something moves, a queued job merely waits behind other work (unverified), while a
         running job that sent nothing is a stalled generator (failed).
         """
@@ -215,7 +215,7 @@ class Context:
         try:
             health, status = self._health_and_state(job)
             state = _state(status)
-            moved = self._anything_moves(health, state, job)
+            moved = self._anything_moves(health, status, job)
         finally:
             self.probe.deadline = deadline
         evidence = [
@@ -234,9 +234,11 @@ class Context:
         if not moved:
             queue = _queue(health)
             evidence.append(
-                f"neither /health's queue counters ({queue}) nor the job's state changed while the suite watched"
+                f"neither /health's queue counters ({queue}) nor the job's state or token count changed while the "
+                f"suite watched for {self.probe.stall_s:g} s more"
                 if queue is not None
-                else "the worker's /health advertises no queue counters, and the job's state did not change"
+                else "the worker's /health advertises no queue counters, and the job's state and token count did not "
+                f"change while the suite watched for {self.probe.stall_s:g} s more"
             )
             self._declare_stuck(health, state, evidence)
             raise CheckFailed(
@@ -278,13 +280,18 @@ class Context:
         health = self.probe.request("GET", self.base_url + "/health", auth=False)
         return health, self.probe.request("GET", job.status_url)
 
-    def _anything_moves(self, first: httpx.Response, state: str | None, job: Job) -> bool:
-        """Whether /health's queue counters or the job's state change within a short watch."""
-        before = _queue(first)
-        for _ in range(QUEUE_WATCH_POLLS):
+    def _anything_moves(self, first_health: httpx.Response, first_status: httpx.Response, job: Job) -> bool:
+        """Whether /health's queue counters, or the job's state or token count, change within a watch.
+
+        The watch is as long as the stall itself: a worker that is merely slow (a loaded machine, a
+        long job ahead in the queue) shows some movement in that time; a stuck one shows none.
+        """
+        before, progress = _queue(first_health), _progress(first_status)
+        watch_until = time.monotonic() + self.probe.stall_s
+        while time.monotonic() < watch_until:
             time.sleep(QUEUE_WATCH_INTERVAL_S)
             health, status = self._health_and_state(job)
-            if _state(status) != state or (before is not None and _queue(health) != before):
+            if _progress(status) != progress or (before is not None and _queue(health) != before):
                 return True
         return False
 
@@ -320,6 +327,15 @@ def _state(status: httpx.Response) -> str | None:
     except (ValueError, AttributeError):
         return None
     return state if isinstance(state, str) else None
+
+
+def _progress(status: httpx.Response) -> tuple[str | None, object]:
+    """The job's state and token count, as its status reports them."""
+    try:
+        tokens = status.json().get("tokens_out") if status.status_code == 200 else None
+    except (ValueError, AttributeError):
+        tokens = None
+    return _state(status), tokens
 
 
 def _queue(health: httpx.Response) -> dict[str, Any] | None:
