@@ -26,6 +26,9 @@ MAX_STREAM_BYTES: Final = 4 * 1024 * 1024
 CLOSE_GRACE_S: Final = 2.0
 #: methods a transport failure before any response may be retried for (RFC 9110 §9.2.2)
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+#: how long after the suite left a stream at [DONE] a 409 for it may still be the worker noticing that
+REATTACH_AFTER_DONE_S: Final = 3.0
+_REATTACH_PAUSE_S: Final = 0.1
 #: how often the stream watchdog looks at the clock
 _WATCH_INTERVAL_S: Final = 0.1
 
@@ -177,6 +180,8 @@ class Probe:
         #: every stream read in this run, for the checks that sweep them
         self.captures: list[StreamCapture] = []
         self._lock = threading.Lock()
+        #: streams this probe stopped reading at [DONE] (before the server ended them), and when
+        self._left_at_done: dict[str, float] = {}
 
     def close(self) -> None:
         self.http.close()
@@ -207,6 +212,25 @@ class Probe:
             if request.method not in _IDEMPOTENT:
                 raise
             return self.http.send(request, stream=stream)
+
+    def _reattach(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        """A 409 for a stream this probe itself just left at [DONE] is retried for a moment.
+
+        A worker that allows one reader per job (DC-2.10) may still count the suite's earlier read
+        as attached until it notices the hang-up; that 409 is about the suite, not the worker.
+        """
+        with self._lock:
+            left = self._left_at_done.get(str(request.url))
+        while (
+            response.status_code == 409
+            and left is not None
+            and time.monotonic() - left < REATTACH_AFTER_DONE_S
+            and (self.deadline is None or time.monotonic() < self.deadline)
+        ):
+            response.close()
+            time.sleep(_REATTACH_PAUSE_S)
+            response = self._send(request, stream=True)
+        return response
 
     def _check_budget(self) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -307,6 +331,7 @@ class Probe:
             ends.append(time.monotonic() + max_duration_s)
         try:
             response = self._send(request, stream=True)
+            response = self._reattach(request, response)
             capture.status = response.status_code
             capture.headers = dict(response.headers)
             watchdog = _Watchdog(capture, response, deadline=min(ends) if ends else None, stall_s=self.stall_s)
@@ -330,6 +355,8 @@ class Probe:
                         if not await_close:
                             capture.closed_by_suite = True
                             response.close()
+                            with self._lock:
+                                self._left_at_done[str(request.url)] = time.monotonic()
                             break
                         timer = threading.Timer(
                             CLOSE_GRACE_S, _stop_reading, args=(capture, response), kwargs={"deadline": False}
