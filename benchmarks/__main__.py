@@ -9,7 +9,8 @@ Scenarios (each its subject and its baseline, interleaved trial by trial, in one
   the same events from the same engine (``benchmarks/baseline.py``);
 * ``replay``: events/s of 1..256 readers of one finished job, vs the bare app's pre-encoded body;
 * ``memory``: worker RSS per idle open stream (1,000 streams of queued jobs), vs bare idle streams;
-* ``suite``: wall time of ``conformance.runner.run`` against the mock.
+* ``suite``: wall time of ``conformance.runner.run`` against the mock;
+* ``gateway``: the gateway vs the same upstream streamed directly (``benchmarks/gateway.py``).
 
 Output: a Markdown table on stdout and in ``--out``/bench.md, JSON in bench.json, a plot in
 bench.png. The default is the quick mode sized for CI; ``--full`` runs more trials and more tokens.
@@ -36,7 +37,7 @@ from benchmarks import servers as processes
 from benchmarks.report import markdown, plot
 from benchmarks.servers import BaselineProcess
 
-SCENARIOS = ("ceiling", "handoff", "live", "replay", "memory", "suite")
+SCENARIOS = ("ceiling", "handoff", "live", "replay", "memory", "suite", "gateway")
 USAGE_ERROR = 2
 
 
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "replay": mode.trials * 2 * len(mode.replay_readers),
             "memory": mode.memory_trials * 2,
             "suite": mode.suite_trials,
+            "gateway": 0,  # reports its own progress
         }[name]
         for name in args.scenarios
     )
@@ -160,6 +162,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             results["memory"] = scenarios.memory(mode, step)
         if "suite" in args.scenarios:
             results["suite"] = scenarios.suite(mode, step)
+        if "gateway" in args.scenarios:
+            from benchmarks import gateway
+
+            results["gateway"] = gateway.measure(gateway.Settings(trials=max(5, mode.trials)))
     if args.soak:
         from benchmarks.soak import soak
 
@@ -204,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
+    if "gateway" in results:
+        from benchmarks import gateway
+
+        table += "\n" + gateway.markdown(results["gateway"])
     (args.out / "bench.md").write_text(table)
     print(table)
     if not args.no_plot:
