@@ -1,9 +1,9 @@
 """Know what the suite is talking to, before any check: a dual-call worker, or something else.
 
 One small submission (``max_tokens`` 1) tells the shapes apart: ``202`` is a dual-call worker; an
-event stream answered by POST itself is the legacy direct-SSE shape; a ``404``/``405`` means no
-dual-call route at all, and then ``GET /v1/models`` or the server's OpenAPI document tell an
-OpenAI-compatible server from anything else. Against a target that has no dual-call route the
+event stream answered by POST itself is the legacy direct-SSE shape; a ``404``/``405``/``501``
+means no dual-call route at all, and then ``GET /v1/models`` or the server's OpenAPI document
+tell an OpenAI-compatible server from anything else. Against a target that has no dual-call route the
 checks are meaningless (every one would only repeat the same 404): the run reports them as
 unverified, says once what the target is and how to fix it, and fails.
 """
@@ -48,6 +48,8 @@ LEGACY_FIXES: Final = [
     "(DC-3, DC-4). Clients then follow sse_url instead of reading the POST body.",
 ]
 _OPENAI_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+#: answers to the submission that say the route is not there (501: a server that has no POST at all)
+NOT_SERVED: Final = frozenset({404, 405, 501})
 _PROBE_BODY: Final = {"prompt": "dualcall target recognition", "max_tokens": 1}
 
 
@@ -162,7 +164,7 @@ def recognise(ctx: Context) -> Recognition:
         return Recognition("dual-call worker")
     if capture.status is not None and capture.status < 300 and "text/event-stream" in capture.content_type:
         return Recognition("legacy direct-SSE worker", legacy_diagnosis(describe_legacy_stream(capture)))
-    if capture.status not in (404, 405):
+    if capture.status not in NOT_SERVED:
         return Recognition("dual-call worker")  # the route is there; the checks judge its answers
     answered = f"POST {ctx.probe.submit_url} answered {capture.status}"
     evidence = _openai_evidence(ctx)

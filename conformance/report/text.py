@@ -74,6 +74,8 @@ def verdict_reason(report: Report) -> str:
     reasons = [f"{'/'.join(levels)} failures"] if levels else []
     if summary.errors:
         reasons.insert(0, f"{plural(summary.errors, 'check')} broken by a bug in the suite")
+    if report.target_unsupported:
+        reasons.insert(0, f"not a dual-call worker: {report.target_kind}")
     if report.require_all and unverified:
         reasons.append(f"{unverified}, --require-all")
     return f"FAIL ({'; '.join(reasons)})"
