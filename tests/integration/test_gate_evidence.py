@@ -152,6 +152,17 @@ def test_a_server_answering_404_to_everything_passes_nothing(tmp_path: Path) -> 
     assert page.index("Diagnosis: not a dual-call worker") < page.index("<table")
 
 
+def test_a_server_without_post_is_no_dual_call_route(tmp_path: Path) -> None:
+    """A static file server answers 501 to any POST: no dual-call route, said once, nothing run."""
+    args, json_path, _, _ = reports(tmp_path)
+    with serve(_app({("POST", "/v1/inference"): (501, {"detail": "Unsupported method ('POST')"})})) as url:
+        done = gate(url, "--no-fuzz", *args)
+    assert done.returncode == EXIT_FAILED, explain(done)
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    assert report["target_kind"] == "no dual-call route" and report["summary"]["passed"] == 0
+    assert "FAIL (not a dual-call worker: no dual-call route)" in done.stdout, explain(done)
+
+
 def test_an_openai_compatible_server_is_named_with_the_gateway_fix(tmp_path: Path) -> None:
     args, json_path, _, _ = reports(tmp_path)
     with serve(OPENAI_LIKE) as url:
