@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import redis
 
+from benchmarks.servers import cpu_s
 from conformance.sse import SSEParser, parse_stream
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
@@ -100,12 +101,6 @@ async def _with_backends(url: str | None, engine: Any, body: Callable[..., Await
     finally:
         for backend in backends:
             await backend.close()
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cost_per_token(url: str | None, tokens: int, redis_pid: int) -> dict[str, float]:
