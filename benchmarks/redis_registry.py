@@ -12,6 +12,9 @@ from typing import Any
 
 from benchmarks.catalogue import Pass, Scenario, ScenarioUnavailable, alternate, summary
 
+#: where the reader sits: the owner's own replica (the goal's comparison), or another replica
+_CONFIGS = {"in-process": (False, False), "redis": (True, True), "redis, reader on another replica": (True, False)}
+
 
 def registry_scenario(run: Pass) -> dict[str, Any]:
     """The Redis registry against in-process, core only (no HTTP), trial by trial in one run."""
@@ -27,17 +30,18 @@ def registry_scenario(run: Pass) -> dict[str, Any]:
     mode = run.mode
     samples: dict[str, dict[str, list[float]]] = {
         name: {"worker_cpu_us_per_token": [], "redis_cpu_us_per_token": [], "latency_p50_ms": [], "latency_p99_ms": []}
-        for name in ("in-process", "redis")
+        for name in _CONFIGS
     }
     with RedisServer(binary) as server:
         assert server.proc is not None
         redis_pid = server.proc.pid
         url = server.url(server.fresh_db())
-        targets = {"in-process": None, "redis": url}
         cost_per_token(url, 64, redis_pid)  # warm-up: the scripts loaded, the connection pool filled
-        for _, name in alternate(mode.trials, tuple(targets)):
-            cost = cost_per_token(targets[name], mode.redis_tokens, redis_pid)
-            delays = latency_per_token(targets[name], mode.redis_latency_tokens)
+        for _, name in alternate(mode.trials, tuple(_CONFIGS)):
+            on_redis, same = _CONFIGS[name]
+            target = url if on_redis else None
+            cost = cost_per_token(target, mode.redis_tokens, redis_pid, same_replica=same)
+            delays = latency_per_token(target, mode.redis_latency_tokens, same_replica=same)
             data = samples[name]
             data["worker_cpu_us_per_token"].append(cost["worker_cpu_us"])
             data["redis_cpu_us_per_token"].append(cost["redis_cpu_us"])
@@ -62,6 +66,6 @@ SCENARIOS = (
         "redis",
         "the Redis registry vs in-process, no HTTP: worker and Redis CPU per token, latency per token",
         registry_scenario,
-        lambda mode: mode.trials * 2,
+        lambda mode: mode.trials * len(_CONFIGS),
     ),
 )

@@ -210,17 +210,31 @@ def _pool(results: dict[str, Any]) -> list[str]:
 
 def _redis(results: dict[str, Any]) -> list[str]:
     row = results["redis"]
-    local, remote = row["in-process"], row["redis"]
-    return [
-        f"| Redis registry: worker CPU per token ({row['tokens']} tokens, no HTTP) | "
-        f"{_spread(remote['worker_cpu_us_per_token'], '{:.1f}')} µs | "
-        f"in-process {_spread(local['worker_cpu_us_per_token'], '{:.1f}')} µs | "
-        f"{_number(row, 'added_worker_cpu_us_per_token', '{:+.1f}')} µs |",
-        f"| Redis registry: Redis CPU per token | {_spread(remote['redis_cpu_us_per_token'], '{:.1f}')} µs | – | – |",
-        f"| Redis registry: latency per token p50 / p99 | {_spread(remote['latency_p50_ms'], '{:.3f}')} / "
-        f"{_spread(remote['latency_p99_ms'], '{:.3f}')} ms | in-process {_spread(local['latency_p50_ms'], '{:.3f}')} / "
-        f"{_spread(local['latency_p99_ms'], '{:.3f}')} ms | {_number(row, 'added_latency_p50_ms', '{:+.3f}')} ms p50 |",
-    ]
+    local = row["in-process"]
+    lines = []
+    for name in ("redis", "redis, reader on another replica"):
+        if name not in row:
+            continue
+        remote = row[name]
+        where = "reader on the owner's replica" if name == "redis" else "reader on another replica"
+        added = (
+            f"{_number(row, 'added_worker_cpu_us_per_token', '{:+.1f}')} µs"
+            if name == "redis"
+            else f"{remote['worker_cpu_us_per_token']['median'] - local['worker_cpu_us_per_token']['median']:+.1f} µs"
+        )
+        lines += [
+            f"| Redis registry ({where}): worker CPU per token ({row['tokens']} tokens, no HTTP) | "
+            f"{_spread(remote['worker_cpu_us_per_token'], '{:.1f}')} µs | "
+            f"in-process {_spread(local['worker_cpu_us_per_token'], '{:.1f}')} µs | {added} |",
+            f"| Redis registry ({where}): Redis CPU per token | "
+            f"{_spread(remote['redis_cpu_us_per_token'], '{:.1f}')} µs | – | – |",
+            f"| Redis registry ({where}): latency per token p50 / p99 | "
+            f"{_spread(remote['latency_p50_ms'], '{:.3f}')} / {_spread(remote['latency_p99_ms'], '{:.3f}')} ms | "
+            f"in-process {_spread(local['latency_p50_ms'], '{:.3f}')} / "
+            f"{_spread(local['latency_p99_ms'], '{:.3f}')} ms | "
+            f"{remote['latency_p50_ms']['median'] - local['latency_p50_ms']['median']:+.3f} ms p50 |",
+        ]
+    return lines
 
 
 def _ceiling(results: dict[str, Any]) -> list[str]:
