@@ -257,6 +257,10 @@ SECTIONS: dict[str, Line] = {
 }
 
 
+#: top-level keys of the results that are not a scenario's section
+_NOT_SCENARIOS = frozenset(("meta", "failed", "runs", "client_busy_max", "soak"))
+
+
 def goal_lines(results: dict[str, Any]) -> list[str]:
     lines = ["| goal | figure | bound | verdict |", "|---|---|---|---|"]
     for goal in GOALS:
@@ -292,6 +296,9 @@ def markdown(results: dict[str, Any]) -> str:
     for name, section in SECTIONS.items():
         if name in results:
             lines += section(results)
+    for name in results:
+        if name not in SECTIONS and name not in _NOT_SCENARIOS:
+            lines.append(f"| {name} | results in bench.json | – | – |")
     goals = goal_lines(results)
     if goals:
         lines += ["", *goals]
