@@ -20,39 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from conformance import __version__
-from conformance.checks import AREAS
+from conformance.cli_support import EXIT_USAGE, OneLineErrorParser, positive_number, report_console
 from conformance.context import Options
 from conformance.contract import contract_version
 from conformance.probe import TargetUnusable
+from conformance.registry import AREAS
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def report_console() -> Console:
-    """The console both CLIs print reports on: outside a terminal (CI logs) lines are never hard-wrapped."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.soft_wrap = True
-        console.width = max(console.width, 120)
-    return console
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _count(text: str) -> int:
@@ -181,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     from conformance.report import ConsoleProgress, render_console, write_html, write_json, write_junit
-    from conformance.runner import RunConfig, catalogue, run, unknown_ids
+    from conformance.runner import RunConfig, run, selected_checks, unknown_ids
 
     only: frozenset[str] | None = None
     if args.checks:
@@ -205,11 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=seed,
         require_all=args.require_all,
     )
-    selected = [spec for spec in catalogue() if (only is None or spec.id in only)]
-    if args.no_fuzz:
-        selected = [spec for spec in selected if spec.area != "fuzz"]
+    selected = selected_checks(config)
     console.print(f"[bold]dualcall conformance[/] {__version__} — contract {contract_version()} — target {target}")
-    if any(spec.area == "fuzz" for spec in selected):
+    if any(check.seeded for check in selected):
         console.print(f"fuzz seed {seed} (replay with --seed {seed})", markup=False)
     try:
         with ConsoleProgress(console, total=len(selected)) as progress:

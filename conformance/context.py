@@ -5,21 +5,27 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckUnverified
-from conformance.client import SUBMIT_PATH, resolve
+from conformance.client import SUBMIT_PATH, resolve, retry_after_seconds
 from conformance.model import Diagnosis
 from conformance.probe import Probe, StreamCapture
+from conformance.verdicts import CheckFailed, CheckUnverified
+
+if TYPE_CHECKING:
+    from conformance.fuzz.tally import FuzzVerdict
 
 PROMPT: Final = "dualcall conformance probe: tell a short story about a worker bee."
 #: extra attempts of a submission answered 503 (queue full)
 SUBMIT_RETRIES: Final = 3
 #: longest Retry-After the suite honours before retrying a submission
 MAX_RETRY_AFTER_S: Final = 5.0
+#: a job id no worker hands out, for probing the job routes
+UNKNOWN_JOB_ID: Final = "dualcallUnknownJob0000000000"
 #: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
 SHORT_MAX_TOKENS: Final = 24
 
@@ -30,6 +36,13 @@ class Options:
     #: longest job TTL the suite waits out to observe reclaim
     ttl_budget_s: float = 6.0
     token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FuzzSettings:
+    max_examples: int = 25
+    #: None: random
+    seed: int | None = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +62,13 @@ class Context:
     _health_fetched: bool = False
     _reference: tuple[Job, StreamCapture] | None = None
     _reference_at: float = 0.0
-    notes: dict[str, Any] = field(default_factory=dict)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    #: what the fuzz checks generate from (``--max-examples``, ``--seed``)
+    fuzz: FuzzSettings = field(default_factory=FuzzSettings)
+    #: progress lines of long checks (the console shows them)
+    on_progress: Callable[[str], None] | None = None
+    #: the verdicts of the run's one fuzz run, once it ran (the fuzz checks share it)
+    fuzz_verdicts: dict[str, FuzzVerdict] | None = None
 
     @property
     def base_url(self) -> str:
@@ -76,10 +94,14 @@ class Context:
         return health.get("deterministic") is True
 
     @property
+    def advertised_cap(self) -> int | None:
+        """The worker's ``max_tokens_cap`` from /health, when it advertises one."""
+        cap = (self.health() or {}).get("max_tokens_cap")
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+
+    @property
     def max_tokens_cap(self) -> int:
-        health = self.health() or {}
-        cap = health.get("max_tokens_cap")
-        return cap if isinstance(cap, int) and cap > 0 else 4096
+        return self.advertised_cap or 4096
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -99,7 +121,8 @@ class Context:
         for _ in range(SUBMIT_RETRIES):
             if response.status_code != 503:
                 break
-            time.sleep(_retry_after_s(response))
+            retry_after = retry_after_seconds(response.headers)
+            time.sleep(1.0 if retry_after is None else min(retry_after, MAX_RETRY_AFTER_S))
             response = self.probe.submit(body)
         if response.status_code != 202:
             raise CheckUnverified(
@@ -224,11 +247,6 @@ class Context:
                 "a stream that delivers events (see DC-STREAM-001)",
             )
         return job, capture
-
-
-def _retry_after_s(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "").strip()
-    return min(float(value), MAX_RETRY_AFTER_S) if value.isdigit() else 1.0
 
 
 def event_data(capture: StreamCapture, event_type: str) -> list[dict[str, Any]]:

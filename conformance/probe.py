@@ -224,12 +224,19 @@ class Probe:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         auth: bool = True,
+        timeout_s: float | None = None,
     ) -> httpx.Response:
         self._check_budget()
         if json_body is not None:
             content = json.dumps(json_body).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
-        request = self.http.build_request(method, url, content=content, headers=self._headers(headers, auth))
+        request = self.http.build_request(
+            method,
+            url,
+            content=content,
+            headers=self._headers(headers, auth),
+            timeout=httpx.Timeout(timeout_s) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
+        )
         exchange = Exchange(
             method=method,
             url=str(request.url),

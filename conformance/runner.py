@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,16 +11,13 @@ from datetime import UTC, datetime
 import httpx
 
 from conformance import __version__
-from conformance.checks import AREAS, Check, CheckFailed, CheckUnverified, load_all
-from conformance.context import Context, Options
+from conformance.checks import load_all
+from conformance.context import UNKNOWN_JOB_ID, Context, FuzzSettings, Options
 from conformance.contract import contract_version
-from conformance.fuzz import FUZZ_CHECKS, run_fuzz
-from conformance.model import CheckResult, CheckSpec, Level, Outcome, Report, Threshold
+from conformance.model import CheckResult, CheckSpec, Exchange, Level, Outcome, Report, Threshold
 from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusable
-
-AREA_ORDER = ("legacy", "submit", "stream", "params", "job", "lifetime", "fuzz", "robustness", "service")
-#: checks that sweep the evidence of all the others run last
-SWEEPS = ("DC-STREAM-014", "DC-SVC-004", "DC-SVC-006")
+from conformance.registry import AREAS, Check
+from conformance.verdicts import CheckFailed, CheckUnverified, Passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +26,7 @@ class RunConfig:
     options: Options = field(default_factory=Options)
     threshold: Threshold = "must"
     only: frozenset[str] | None = None
+    #: run the fuzz checks (the seeded ones: they generate requests from ``seed``)
     fuzz: bool = True
     max_examples: int = 25
     seed: int | None = 0
@@ -37,11 +34,15 @@ class RunConfig:
     require_all: bool = False
 
 
+def ordered_checks() -> list[Check]:
+    """Every check in run order: by area (the order of `AREAS`), the sweeps of all evidence last."""
+    areas = list(AREAS)
+    return sorted(load_all().values(), key=lambda check: (check.sweep, areas.index(check.spec.area)))
+
+
 def catalogue() -> list[CheckSpec]:
     """Every check in run order (the source of `--list` and the docs' catalogue)."""
-    registry = load_all()
-    specs = [check.spec for check in registry.values()] + list(FUZZ_CHECKS)
-    return sorted(specs, key=lambda spec: (spec.id in SWEEPS, AREA_ORDER.index(spec.area)))
+    return [check.spec for check in ordered_checks()]
 
 
 def catalogue_markdown() -> str:
@@ -75,10 +76,6 @@ def outcome_for(level: Level, threshold: Threshold) -> Outcome:
     if level == "MUST" or (level == "SHOULD" and threshold == "should"):
         return "failed"
     return "warning"
-
-
-#: a job id no worker hands out, for probing the job routes
-UNKNOWN_JOB_ID = "dualcallUnknownJob0000000000"
 
 
 def preflight(probe: Probe) -> None:
@@ -128,10 +125,10 @@ def _not_a_base_url(probe: Probe, timeout: float) -> str:
     return message
 
 
-def replay_command(config: RunConfig, check_id: str) -> str:
-    """The command that runs one check again against the same target (with the run's seed for a fuzz check)."""
-    seed = f" --seed {config.seed}" if config.seed is not None and check_id.startswith("DC-FUZZ") else ""
-    return f"dualcall-conformance {shlex.quote(config.target)} --checks {check_id}{seed}"
+def replay_command(config: RunConfig, check: Check) -> str:
+    """The command that runs one check again against the same target (with the run's seed for a seeded check)."""
+    seed = f" --seed {config.seed}" if config.seed is not None and check.seeded else ""
+    return f"dualcall-conformance {shlex.quote(config.target)} --checks {check.spec.id}{seed}"
 
 
 def check_budget_s(options: Options) -> float:
@@ -144,15 +141,21 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
     level = spec.level
     details: list[str] = []
     how_to_verify = ""
+    shown: list[Exchange] | None = None
     started = time.perf_counter()
     ctx.probe.deadline = time.monotonic() + check_budget_s(ctx.options)
     with ctx.probe.recording() as exchanges:
         try:
             level = check.level(ctx)
-            message = check.func(ctx) or "ok"
+            returned = check.func(ctx)
             outcome: Outcome = "passed"
+            if isinstance(returned, Passed):
+                message, details = returned.message, list(returned.details)
+            else:
+                message = returned or "ok"
         except CheckFailed as exc:
             outcome, message, details = outcome_for(level, threshold), exc.message, exc.details
+            shown = exc.exchanges
         except CheckUnverified as exc:
             outcome, message, how_to_verify = "unverified", exc.reason, exc.how_to_verify
         except BudgetSpent:
@@ -180,23 +183,20 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
         title=spec.title,
         outcome=outcome,
         message=message,
-        exchanges=list(exchanges[-6:]),
+        exchanges=list(exchanges[-6:]) if shown is None else list(shown),
         details=details,
         duration_s=time.perf_counter() - started,
         how_to_verify=how_to_verify,
     )
 
 
-def _fuzz_in_scratch_dir(*args: object, **kwargs: object) -> list[CheckResult]:
-    """`run_fuzz` with hypothesis' cache in a temporary directory: the run leaves no files behind."""
-    from hypothesis.configuration import set_hypothesis_home_dir
-
-    with tempfile.TemporaryDirectory(prefix="dualcall-hypothesis-") as scratch:
-        set_hypothesis_home_dir(scratch)
-        try:
-            return run_fuzz(*args, **kwargs)  # type: ignore[arg-type]
-        finally:
-            set_hypothesis_home_dir(None)
+def selected_checks(config: RunConfig) -> list[Check]:
+    """The checks a run makes, in run order: ``--checks`` narrows them, ``--no-fuzz`` leaves out the seeded ones."""
+    return [
+        check
+        for check in ordered_checks()
+        if (config.only is None or check.spec.id in config.only) and (config.fuzz or not check.seeded)
+    ]
 
 
 def run(
@@ -219,51 +219,31 @@ def run(
     started = time.perf_counter()
     try:
         preflight(probe)
-        ctx = Context(probe=probe, options=config.options)
-        registry = load_all()
+        ctx = Context(
+            probe=probe,
+            options=config.options,
+            fuzz=FuzzSettings(max_examples=config.max_examples, seed=config.seed),
+            on_progress=on_progress,
+        )
         health = ctx.health()
         if health:
             report.worker = {key: health[key] for key in ("engine", "model", "contract_version") if key in health}
-        for spec in catalogue():
-            if config.only is not None and spec.id not in config.only:
-                continue
-            if spec.area == "fuzz":
-                continue
+        selected = selected_checks(config)
+        if any(check.seeded for check in selected):
+            report.seed = config.seed
+        for check in selected:
             if on_start:
-                on_start(spec)
-            result = run_check(registry[spec.id], ctx, config.threshold)
+                on_start(check.spec)
+            result = run_check(check, ctx, config.threshold)
+            result.replay = replay_command(config, check)
             report.results.append(result)
             if on_result:
                 on_result(result)
-        fuzz_ids = {spec.id for spec in FUZZ_CHECKS}
-        wanted = fuzz_ids if config.only is None else fuzz_ids & config.only
-        if config.fuzz and wanted:
-            report.seed = config.seed
-            if on_start:
-                on_start(FUZZ_CHECKS[0])
-            for result in _fuzz_in_scratch_dir(
-                config.target,
-                token=config.options.token,
-                max_examples=config.max_examples,
-                timeout_s=config.options.timeout_s,
-                seed=config.seed,
-                on_progress=on_progress,
-            ):
-                if result.id not in wanted:
-                    continue
-                if result.outcome == "failed":
-                    result.outcome = outcome_for(result.level, config.threshold)
-                position = next((i for i, r in enumerate(report.results) if r.id in SWEEPS), len(report.results))
-                report.results.insert(position, result)
-                if on_result:
-                    on_result(result)
         report.diagnoses = ctx.diagnoses
-        for result in report.results:
-            result.replay = replay_command(config, result.id)
     finally:
         probe.close()
         report.duration_s = time.perf_counter() - started
     return report
 
 
-__all__ = ["AREAS", "RunConfig", "TargetUnreachable", "TargetUnusable", "catalogue", "run"]
+__all__ = ["AREAS", "RunConfig", "TargetUnreachable", "TargetUnusable", "catalogue", "run", "selected_checks"]

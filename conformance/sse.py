@@ -4,9 +4,13 @@ Bytes go in through :meth:`SSEParser.feed`, events come out; nothing here
 touches a socket.  Interpretation follows the WHATWG HTML "event stream
 interpretation" algorithm exactly, so the events produced are the ones a
 browser ``EventSource`` would dispatch.  On top of that the parser records
-*framing issues*: constructs that WHATWG accepts but the dualcall wire
-contract forbids (CR line endings, a BOM, multi-line data, unknown fields,
-...).  Issues are always collected; ``strict`` only decides whether they make
+*framing issues*: every departure from the plainest framing (``name: value``
+fields, LF line endings, one ``data`` line per event, UTF-8, no BOM).  Most of
+them are valid SSE that the contract allows (SPEC DC-2 "Framing": CR and CRLF
+line endings, a leading BOM, unknown fields, a field without a space after its
+colon); workers SHOULD use LF.  Only the codes in :data:`CONTRACT_VIOLATIONS`
+break a rule (DC-2.3: one line of UTF-8 JSON per event).  Issues are always
+collected; ``strict`` only decides whether any issue makes
 :attr:`SSEParser.ok` false.
 
 This module deliberately shares no code with any worker's SSE encoder, so an
@@ -19,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "CONTRACT_VIOLATIONS",
     "ISSUE_CODES",
     "MAX_ISSUES",
     "MAX_ISSUES_PER_CODE",
@@ -79,9 +84,13 @@ class SSEEvent:
     """Whether this event's own block contained an ``id`` field (valid or not)."""
 
 
+#: Issue codes the contract forbids (DC-2.3); every other code is valid SSE.
+CONTRACT_VIOLATIONS = frozenset({"non-utf8", "multi-line-data"})
+
+
 @dataclass(frozen=True, slots=True)
 class FramingIssue:
-    """A framing construct the dualcall contract forbids."""
+    """A departure from the plainest framing; a broken rule only if its code is in :data:`CONTRACT_VIOLATIONS`."""
 
     code: str
     """Stable slug, one of :data:`ISSUE_CODES`."""
@@ -253,7 +262,7 @@ class SSEParser:
             kind = "CRLF" if len(raw) - content_len == 2 else "a lone CR"
             self._issue(
                 "cr-line-ending",
-                f"Line ends with {kind}; the dualcall contract requires LF only.",
+                f"Line ends with {kind} (valid SSE; workers SHOULD end lines with LF).",
                 offset + content_len,
                 _around(raw, content_len),
             )
@@ -285,7 +294,7 @@ class SSEParser:
             name, value = line, ""
             self._issue(
                 "field-without-colon",
-                f"Field {name!r} has no colon; the contract requires 'name: value'.",
+                f"Field {name!r} has no colon (valid SSE: a field with an empty value).",
                 offset,
                 raw[:_EXCERPT],
             )
@@ -353,7 +362,7 @@ class SSEParser:
         if len(parts) > 1:
             self._issue(
                 "multi-line-data",
-                f"Event has {len(parts)} data lines; the contract allows one.",
+                f"Event has {len(parts)} data lines; the contract allows one (DC-2.3).",
                 start,
                 raw[:_EXCERPT],
             )

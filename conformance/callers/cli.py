@@ -24,7 +24,7 @@ from conformance.callers.grade import build_report
 from conformance.callers.record import ScenarioRun
 from conformance.callers.rules import RULES
 from conformance.callers.scenarios import SCENARIOS, Scenario
-from conformance.cli import OneLineErrorParser, positive_number, report_console
+from conformance.cli_support import OneLineErrorParser, positive_number, report_console
 from conformance.contract import contract_version
 from conformance.model import Report, Threshold
 

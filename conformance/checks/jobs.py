@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
-from conformance.context import Context, Job
+from conformance.context import UNKNOWN_JOB_ID, Context, Job
 from conformance.contract import schema_errors
 from conformance.probe import StreamCapture
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 STATES = {"queued", "running", "completed", "failed", "cancelled"}
 
@@ -199,7 +200,7 @@ def delete_finished(ctx: Context) -> str:
     "DC-JOB-005", rule="DC-3.3", level="MUST", title="status and DELETE of an unknown id answer 404 problem", area="job"
 )
 def unknown_job(ctx: Context) -> str:
-    url = ctx.job_url("dualcallUnknownJob0000000000")
+    url = ctx.job_url(UNKNOWN_JOB_ID)
     expect_problem(ctx.probe.request("GET", url), 404)
     expect_problem(ctx.probe.request("DELETE", url), 404)
     return "404 problem+json for GET and DELETE"
@@ -208,7 +209,7 @@ def unknown_job(ctx: Context) -> str:
 @check("DC-JOB-006", rule="DC-3.4", level="MUST", title="an unsupported method answers 405 with Allow", area="job")
 def method_not_allowed(ctx: Context) -> str:
     wrong: list[str] = []
-    for method, url in (("PUT", ctx.job_url("dualcallUnknownJob0000000000")), ("GET", ctx.probe.submit_url)):
+    for method, url in (("PUT", ctx.job_url(UNKNOWN_JOB_ID)), ("GET", ctx.probe.submit_url)):
         response = ctx.probe.request(method, url)
         if response.status_code != 405:
             wrong.append(f"{method} {url} answered {response.status_code}, expected 405")

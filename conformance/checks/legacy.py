@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 
-from conformance.checks import CheckFailed, check
 from conformance.context import PROMPT, Context
 from conformance.model import Diagnosis
 from conformance.probe import StreamCapture
+from conformance.registry import check
+from conformance.verdicts import CheckFailed
 
 LEGACY_NAME = "legacy direct-SSE worker"
 LEGACY_FIXES = [

@@ -8,9 +8,10 @@ import threading
 import time
 from typing import Any
 
-from conformance.checks import CheckFailed, check
 from conformance.context import Context, Job
 from conformance.probe import StreamCapture
+from conformance.registry import check
+from conformance.verdicts import CheckFailed
 
 #: readers that drop mid-stream in DC-LIFE-003
 DROPPED_READERS = 5

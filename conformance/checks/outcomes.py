@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.client import SUBMIT_PATH
 from conformance.context import Context
 from conformance.model import Exchange
 from conformance.outcomes import ErrorOutcome, invalid_request, unexpected_error, unexpected_status_error
 from conformance.probe import StreamCapture
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 #: valid requests at the edges of what DC-1.1 allows, each with a short label for the evidence
 EDGE_REQUESTS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
@@ -156,6 +157,7 @@ def _sweep(ctx: Context, labels: dict[str, str]) -> tuple[list[_Finding], int, i
     level="MUST",
     title="valid requests never end in an error other than a runtime limit (every stream of the run is swept)",
     area="stream",
+    sweep=True,
 )
 def no_internal_errors(ctx: Context) -> str:
     """Sweeps every stream (and job status) the suite read in this run, plus a handful of valid boundary

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.context import Context, event_data
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 
 def _completion(ctx: Context, **overrides: object) -> tuple[str, dict[str, object]]:

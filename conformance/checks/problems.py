@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed
+from conformance.verdicts import CheckFailed
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUIRED_MEMBERS = ("type", "title", "status", "detail")

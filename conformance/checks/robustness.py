@@ -11,9 +11,10 @@ from typing import Final
 
 import httpx
 
-from conformance.checks import CheckFailed, check
 from conformance.checks.problems import problem_defects
 from conformance.context import Context
+from conformance.registry import check
+from conformance.verdicts import CheckFailed
 
 #: deep enough to overflow a recursive decoder (Python's default recursion limit is 1000)
 DEPTH: Final = 10_000

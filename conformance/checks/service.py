@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import problem_defects
 from conformance.context import Context
 from conformance.contract import contract_version
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 HEADER = "dualcall-contract-version"
 _VERSION = re.compile(r"^\d+\.\d+\.\d+")
@@ -89,6 +90,7 @@ def metrics(ctx: Context) -> str:
     level="MUST",
     title="every error answer seen during the run is problem+json without a traceback",
     area="service",
+    sweep=True,
 )
 def errors_are_problems(ctx: Context) -> str:
     """Sweeps every 4xx/5xx the suite received so far, whatever check provoked it."""
@@ -161,6 +163,7 @@ def auth(ctx: Context) -> str:
     level="MUST",
     title="the contract version is reported in a header and in /health",
     area="service",
+    sweep=True,
 )
 def version(ctx: Context) -> str:
     response = ctx.probe.request("GET", ctx.base_url + "/health", auth=False)

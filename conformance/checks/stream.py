@@ -6,17 +6,18 @@ import json
 import math
 import threading
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
 from conformance.checks.submit import saturated_queue
-from conformance.context import Context
+from conformance.context import UNKNOWN_JOB_ID, Context
 from conformance.contract import data_errors
 from conformance.probe import StreamCapture
+from conformance.registry import check
+from conformance.sse import CONTRACT_VIOLATIONS
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 TRICKY = ("\n", "\r", "data:", "[DONE]", "id:", "event:", "\u2028", "\u0085")
 #: framing the contract forbids; everything else the strict parser notes (CR or CRLF line ends, a BOM,
 #: "data:" without a space, unknown fields) is valid SSE that every client handles, so it is allowed
-FORBIDDEN_FRAMING = frozenset({"non-utf8", "multi-line-data"})
 #: a silence this many keep-alive intervals long (plus half a second) without a comment is a missing keep-alive
 KEEPALIVE_SLACK = 1.5
 
@@ -94,7 +95,7 @@ def _check_grammar(capture: StreamCapture) -> str:
     forbidden = [
         issue
         for issue in capture.issues
-        if issue.code in FORBIDDEN_FRAMING or (issue.code == "trailing-incomplete-event" and not capture.done_seen)
+        if issue.code in CONTRACT_VIOLATIONS or (issue.code == "trailing-incomplete-event" and not capture.done_seen)
     ]
     if forbidden:
         first = forbidden[0]
@@ -243,7 +244,7 @@ def tricky_text(ctx: Context) -> str:
     area="stream",
 )
 def unknown_stream(ctx: Context) -> str:
-    response = ctx.probe.request("GET", ctx.job_url("dualcallUnknownJob0000000000", "/stream"))
+    response = ctx.probe.request("GET", ctx.job_url(UNKNOWN_JOB_ID, "/stream"))
     expect_problem(response, 404)
     return "404 problem+json"
 

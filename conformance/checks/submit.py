@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
-from conformance.checks import CheckFailed, CheckUnverified, check
 from conformance.checks.problems import expect_problem
 from conformance.context import Context
+from conformance.registry import check
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 _URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEX = set("0123456789abcdefABCDEF")

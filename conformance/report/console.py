@@ -1,7 +1,7 @@
 """Console rendering with rich: a line per check, evidence of failures, diagnoses, a summary line.
 
 Everything taken from the report is put into :class:`rich.text.Text` objects (never parsed as
-markup) after :func:`~conformance.report._text.visible`, so a hostile body can neither inject
+markup) after :func:`~conformance.report.text.visible`, so a hostile body can neither inject
 rich markup nor terminal escape sequences.
 """
 
@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from conformance.model import CheckResult, Diagnosis, Report
-from conformance.report._text import (
+from conformance.report.text import (
     OUTCOME_LABEL,
     clip,
     counted,

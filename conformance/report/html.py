@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from conformance.model import CheckResult, Diagnosis, Exchange, Report
-from conformance.report._text import (
+from conformance.report.text import (
     OUTCOME_LABEL,
     counted,
     masked_headers,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.model import Report
-from conformance.report._text import masked_headers
+from conformance.report.text import masked_headers
 
 __all__ = ["SCHEMA_PATH", "load_schema", "report_dict", "to_json", "write_json"]
 

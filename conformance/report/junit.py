@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from conformance.model import CheckResult, Report
-from conformance.report._text import area_of, exchange_text, summary_line, unverified_heading, unverified_lines, visible
+from conformance.report.text import area_of, exchange_text, summary_line, unverified_heading, unverified_lines, visible
 
 __all__ = ["SUITE_NAME", "to_junit_xml", "write_junit"]
 

@@ -209,6 +209,8 @@ def test_no_url_is_a_usage_error() -> None:
         (("http://127.0.0.1:9", "--checks", "DC-STREAM-007,DC-NOPE-999"), "DC-NOPE-999"),
         (("http://127.0.0.1:9", "--timeout", "-1"), "--timeout"),
         (("http://127.0.0.1:9", "--timeout", "soon"), "--timeout"),
+        (("http://127.0.0.1:9", "--timeout", "nan"), "finite"),
+        (("http://127.0.0.1:9", "--ttl-budget", "inf"), "finite"),
         (("http://127.0.0.1:9", "--max-examples", "0"), "--max-examples"),
         (("http://127.0.0.1:9", "--level", "may"), "--level"),
         (("http://127.0.0.1:9", "--no-such-option"), "--no-such-option"),

@@ -1,4 +1,4 @@
-"""The schemathesis bridge (conformance/fuzz.py) against real, wrong, broken and absent workers."""
+"""The schemathesis bridge (conformance/fuzz/) against real, wrong, broken and absent workers."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from conformance.fuzz import FUZZ_CHECKS, run_fuzz
-from conformance.model import CheckResult
+from conformance.fuzz import FUZZ_CHECK_IDS, FuzzVerdict
+from conformance.fuzz.run import run_fuzz
 
 pytestmark = pytest.mark.slow
 
@@ -203,12 +203,12 @@ def broken_url() -> Iterator[str]:
 # --- helpers ---
 
 
-def _by_id(results: list[CheckResult]) -> dict[str, CheckResult]:
-    assert [result.id for result in results] == [spec.id for spec in FUZZ_CHECKS]
+def _by_id(results: list[FuzzVerdict]) -> dict[str, FuzzVerdict]:
+    assert [result.id for result in results] == list(FUZZ_CHECK_IDS)
     return {result.id: result for result in results}
 
 
-def _explain(results: list[CheckResult]) -> str:
+def _explain(results: list[FuzzVerdict]) -> str:
     lines = []
     for result in results:
         lines.append(f"{result.id} {result.outcome}: {result.message}")
@@ -250,7 +250,11 @@ def test_token_is_sent_and_masked() -> None:
         _stop(process)
     # Without the token nothing is accepted, so no link can be followed.
     assert _by_id(unauthenticated)["DC-FUZZ-003"].outcome == "failed"
-    assert "s3cret" not in json.dumps([result.to_dict() for result in results + unauthenticated])
+    shown = [
+        [result.message, *result.details, *(exchange.to_dict() for exchange in result.exchanges)]
+        for result in results + unauthenticated
+    ]
+    assert "s3cret" not in json.dumps(shown)
 
 
 def test_legacy_worker_fails_with_a_curl_line(legacy_url: str) -> None:
@@ -260,14 +264,14 @@ def test_legacy_worker_fails_with_a_curl_line(legacy_url: str) -> None:
     assert failed, _explain(results)
     for result in failed:
         assert result.exchanges and result.details
-        curls = [exchange["curl"] for exchange in result.evidence["exchanges"]]  # type: ignore[union-attr]
+        curls = [exchange.curl() for exchange in result.exchanges]
         assert any(curl.startswith("curl ") and legacy_url in curl for curl in curls)
         assert len(result.exchanges) <= 5
 
 
 def test_unreachable_target_fails_cleanly() -> None:
     results = run_fuzz("http://127.0.0.1:9", max_examples=5, timeout_s=2.0)
-    assert len(results) == len(FUZZ_CHECKS)
+    assert len(results) == len(FUZZ_CHECK_IDS)
     for result in results:
         assert result.outcome == "failed"
         assert "could not reach http://127.0.0.1:9" in result.message

@@ -17,9 +17,9 @@ import pytest
 import respx
 
 from conformance.contract import max_tokens_limit, runtime_limit_codes
-from conformance.fuzz import MAX_FUZZ_TOKENS, _clamp_max_tokens, _clamp_or_reject
-from conformance.fuzz_boundary import config_toml, parse_report
-from conformance.fuzz_streams import AcceptedJob, StreamReader
+from conformance.fuzz import MAX_FUZZ_TOKENS, clamp_max_tokens, clamp_or_reject
+from conformance.fuzz.boundary import config_toml, parse_report
+from conformance.fuzz.streams import AcceptedJob, StreamReader
 from conformance.model import Exchange
 from conformance.outcomes import invalid_request, unexpected_error, unexpected_status_error
 from conformance.sse import parse_stream
@@ -119,9 +119,9 @@ def test_valid_request_is_judged_by_the_contract() -> None:
         (True, 422, 0, False),
     ],
 )
-def test_clamp_or_reject(max_tokens: object, status: int, cap: int | None, allowed: bool) -> None:
+def testclamp_or_reject(max_tokens: object, status: int, cap: int | None, allowed: bool) -> None:
     assert max_tokens_limit() == 4096
-    assert _clamp_or_reject({"prompt": "x", "max_tokens": max_tokens}, status, cap) is allowed
+    assert clamp_or_reject({"prompt": "x", "max_tokens": max_tokens}, status, cap) is allowed
 
 
 class _Case:
@@ -136,7 +136,7 @@ class _Case:
 def test_generated_max_tokens_stay_small(sent: object, expected: object) -> None:
     """Generated bodies never ask an engine for thousands of tokens; out-of-range values stay (negative data)."""
     case = _Case({"prompt": "x", "max_tokens": sent})
-    _clamp_max_tokens(case)
+    clamp_max_tokens(case)
     assert case.body == {"prompt": "x", "max_tokens": expected}
 
 
@@ -246,6 +246,7 @@ def test_reader_flags_an_internal_error(router: respx.MockRouter) -> None:
     reader.add(_job())
     reader.add(_job())  # the same job twice is read once
     summary = reader.finish(5)
+    reader.close()
     (result,) = summary.results
     assert result.ended and result.outcome is not None and result.outcome.code == "internal_error"
     assert summary.ended_by_source() == {"boundary": 1}
@@ -263,6 +264,7 @@ def test_reader_submits_a_reclaimed_boundary_job_again(router: respx.MockRouter)
     reader = StreamReader(BASE, token="t0ken", timeout_s=5)
     reader.add(_job(resubmit=True))
     (result,) = reader.finish(5).results
+    reader.close()
     assert result.ended and result.outcome is None and result.resubmitted == fresh
     assert json.loads(submit.calls.last.request.content) == {"prompt": "x"}
     assert submit.calls.last.request.headers["authorization"] == "Bearer t0ken"
@@ -274,6 +276,7 @@ def test_reader_reports_a_gone_job_without_resubmitting(router: respx.MockRouter
     reader = StreamReader(BASE, token=None, timeout_s=5)
     reader.add(_job(resubmit=False))
     summary = reader.finish(5)
+    reader.close()
     (result,) = summary.results
     assert not result.ended and result.outcome is None and not submit.called
     assert any("answered 404" in note for note in summary.notes())

@@ -22,7 +22,7 @@ from conformance.report import (
     write_json,
     write_junit,
 )
-from conformance.report._text import visible
+from conformance.report.text import visible
 
 HOSTILE = "<script>alert(1)</script>\x00\x1b[31mred\x1b[0m \U0001f525 line1\r\nline2 ]]> & \"q\" 'a' [bold]x[/bold]"
 DIAGNOSIS_NAME = "legacy direct-SSE worker"

@@ -101,6 +101,7 @@ class StreamReader:
         self._lock = threading.Lock()
         self._stop_at: float | None = None
         self._over_limit = 0
+        self._pending = 0
 
     def add(self, job: AcceptedJob) -> None:
         with self._lock:
@@ -174,7 +175,7 @@ class StreamReader:
         return "the stream ended without an end or error event"
 
     def finish(self, grace_s: float) -> ReadSummary:
-        """Stop taking jobs, wait at most ``grace_s`` (plus one read) for the reads, and close."""
+        """Stop taking jobs and wait at most ``grace_s`` (plus one read) for the reads."""
         with self._lock:
             self._stop_at = time.monotonic() + grace_s
             futures = list(self._futures)
@@ -182,13 +183,17 @@ class StreamReader:
         for future in pending:
             future.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pending = len(pending)
         summary = ReadSummary(over_limit=self._over_limit, unfinished=len(pending))
         for future in done:
             with contextlib.suppress(Exception):
                 summary.results.append(future.result())
-        if not pending:
-            self.probe.close()
         return summary
+
+    def close(self) -> None:
+        """Close the connections, unless a read is still running (its thread ends at its own deadline)."""
+        if not self._pending:
+            self.probe.close()
 
 
 def body_text(body: Any) -> str:
