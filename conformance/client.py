@@ -145,6 +145,23 @@ class Completion:
     events: tuple[Event, ...]
 
 
+class GenerationFailed(DualCallError):
+    """The job finished with an ``error`` event (DC-C-7): a failure, never a completion.
+
+    ``code`` and ``message`` are the error event's; ``partial_text`` is what arrived before it
+    (never the answer); ``completion`` keeps every event, as ``generate()`` returned it before
+    it raised.
+    """
+
+    def __init__(self, completion: Completion, error: ErrorEvent) -> None:
+        self.completion = completion
+        self.error = error
+        self.code = error.code
+        self.message = error.message
+        self.partial_text = completion.text
+        super().__init__(f"generation failed: {error.code}: {error.message}")
+
+
 @functools.lru_cache(maxsize=64)
 def _base_url(base: str) -> httpx.URL:
     """A client resolves against the same POST URL job after job: parse it once."""
@@ -309,6 +326,13 @@ def _cancel_body(response: httpx.Response) -> dict[str, Any] | None:
     return response.json() if response.content else None
 
 
+def _succeeded(completion: Completion) -> Completion:
+    """The completion of a job that ended with ``end``; GenerationFailed for one that ended with ``error``."""
+    if completion.error is not None:
+        raise GenerationFailed(completion, completion.error)
+    return completion
+
+
 def _assemble(job_id: str, events: list[Event]) -> Completion:
     end = next((event for event in events if isinstance(event, End)), None)
     error = next((event for event in events if isinstance(event, ErrorEvent)), None)
@@ -412,15 +436,17 @@ class DualCallClient:
             self._sleep(self.backoff.delay(resumes))
 
     def generate(self, prompt: str, **params: Any) -> Completion:
+        """Submit, follow ``sse_url``, collect; GenerationFailed when the job ends with ``error``."""
         job = self.submit(prompt, **params)
         try:
-            return _assemble(job.job_id, list(self.events(job)))
+            completion = _assemble(job.job_id, list(self.events(job)))
         except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
             try:  # noqa: SIM105  (no contextlib import: keeps this change apart from the imports)
                 self.cancel(job)
             except (DualCallError, httpx.HTTPError):
                 pass  # the original error is what the caller needs to see
             raise
+        return _succeeded(completion)  # the job is over either way: nothing to cancel
 
     def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(self._http.get(job.status_url))
@@ -532,15 +558,17 @@ class AsyncDualCallClient:
             await self._sleep(self.backoff.delay(resumes))
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
+        """Submit, follow ``sse_url``, collect; GenerationFailed when the job ends with ``error``."""
         job = await self.submit(prompt, **params)
         try:
-            return _assemble(job.job_id, [event async for event in self.events(job)])
+            completion = _assemble(job.job_id, [event async for event in self.events(job)])
         except Exception:  # DC-C-9: a job given up on is cancelled, not left to the TTL
             try:  # noqa: SIM105  (no contextlib import: keeps this change apart from the imports)
                 await self.cancel(job)
             except (DualCallError, httpx.HTTPError):
                 pass  # the original error is what the caller needs to see
             raise
+        return _succeeded(completion)  # the job is over either way: nothing to cancel
 
     async def status(self, job: Submission) -> dict[str, Any]:
         return _status_body(await self._http.get(job.status_url))

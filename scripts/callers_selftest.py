@@ -30,7 +30,7 @@ def run(name: str, out: Path) -> tuple[int, dict[str, object]]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"callers-{name}.json"
     json_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "conformance", "serve-callers", "--caller", CALLERS[name]]
+    command = [sys.executable, "-m", "conformance", "serve-callers", "--require-all", "--caller", CALLERS[name]]
     command += ["--json", str(json_path), "--junit", str(out / f"callers-{name}.junit.xml")]
     command += ["--html", str(out / f"callers-{name}.html")]
     print(f"\n$ {' '.join(command)}", flush=True)

@@ -302,7 +302,7 @@ def ci_recipes() -> list[tuple[str, list[str], list[str]]]:
         document = yaml.safe_load(block.text)
         if "jobs" in document:  # GitHub Actions
             for name, job in document["jobs"].items():
-                steps = [step["run"] for step in job["steps"] if "run" in step]
+                steps = [run for step in job["steps"] for run in github_step_scripts(step)]
                 uploads = [step for step in job["steps"] if str(step.get("uses", "")).startswith("actions/upload")]
                 paths = [p.strip() for upload in uploads for p in upload["with"]["path"].splitlines() if p.strip()]
                 recipes.append((f"github:{name}", steps, paths))
@@ -310,6 +310,41 @@ def ci_recipes() -> list[tuple[str, list[str], list[str]]]:
             for name, job in document.items():
                 recipes.append((f"gitlab:{name}", ["\n".join(job["script"])], job["artifacts"]["paths"]))
     return recipes
+
+
+#: the repository's own GitHub Action (action.yml), as a workflow names it
+_THIS_ACTION = re.compile(r"^[\w.-]+/dualcall@[\w./-]+$")
+_EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
+#: steps of action.yml that are not run here, and why
+ACTION_STEPS_NOT_RUN = {"Install the gate": "installs the action's checkout with pip into a new venv (network)"}
+
+
+def action_step_scripts(inputs: dict[str, str]) -> list[str]:
+    """action.yml's run steps as bash scripts, with the inputs its ``${{ }}`` expressions name."""
+    action = yaml.safe_load((ROOT / "action.yml").read_text(encoding="utf-8"))
+    values = {f"inputs.{name}": str(spec.get("default", "")) for name, spec in action["inputs"].items()}
+    unknown = set(inputs) - {name.removeprefix("inputs.") for name in values}
+    assert not unknown, f"the workflow passes inputs action.yml does not declare: {sorted(unknown)}"
+    values |= {f"inputs.{name}": str(value) for name, value in inputs.items()}
+    values["github.action_path"] = str(ROOT)
+    scripts = []
+    for step in action["runs"]["steps"]:
+        if step["name"] in ACTION_STEPS_NOT_RUN:
+            continue
+        env = {name: _EXPRESSION.sub(lambda m: values[m.group(1)], str(value)) for name, value in step["env"].items()}
+        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+        scripts.append(exports + step["run"])
+    return scripts
+
+
+def github_step_scripts(step: dict[str, object]) -> list[str]:
+    if "run" in step:
+        return [str(step["run"])]
+    if _THIS_ACTION.match(str(step.get("uses", ""))):
+        with_inputs = step.get("with") or {}
+        assert isinstance(with_inputs, dict)
+        return action_step_scripts({str(name): str(value) for name, value in with_inputs.items()})
+    return []
 
 
 @pytest.mark.parametrize("recipe", ci_recipes(), ids=lambda recipe: recipe[0])
@@ -342,6 +377,59 @@ def test_ci_recipe(recipe: tuple[str, list[str], list[str]], tmp_path: Path) -> 
         for process in sessions:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
+
+
+def run_action(inputs: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """action.yml's steps (but the install) in one bash session, the worker in its own process group."""
+    port = str(_free_port())
+    script = "\n".join(f"(\n{body}\n)" for body in action_step_scripts(inputs))
+    process = subprocess.Popen(
+        [
+            "bash",
+            "-e",
+            "-o",
+            "pipefail",
+            "-c",
+            script.replace(":8000", f":{port}").replace("--port 8000", f"--port {port}"),
+        ],
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def test_action_reports_a_worker_that_never_answers_without_curl_noise(tmp_path: Path) -> None:
+    done = run_action({"start": "echo 'engine: no model at /models/x'; exit 3", "health-timeout": "3"}, tmp_path)
+    assert done.returncode == 1, done.stdout
+    assert "did not answer http://127.0.0.1:" in done.stdout and "within 3s" in done.stdout
+    assert "engine: no model at /models/x" in done.stdout  # the end of the worker's log, where CI shows it
+    assert "curl" not in done.stdout  # the wait itself is quiet
+
+
+@pytest.mark.parametrize(("require_all", "code"), [("true", 1), ("false", 0)])
+def test_action_fails_a_rule_the_worker_hides_only_with_require_all(
+    tmp_path: Path, require_all: str, code: int
+) -> None:
+    """The default mock's 60 s TTL hides TTL reclaim: unverified, which --require-all (the default) fails."""
+    inputs = {
+        "start": "dualcall-worker mock --port 8000",
+        "args": "--checks DC-LIFE-001 --no-fuzz",
+        "require-all": require_all,
+    }
+    done = run_action(inputs, tmp_path)
+    assert done.returncode == code, done.stdout
+    assert "the worker answers http://127.0.0.1:" in done.stdout and "curl" not in done.stdout
+    assert "DC-LIFE-001" in done.stdout and (tmp_path / "reports" / "dualcall.json").exists()
+    assert "Application startup complete" in (tmp_path / "reports" / "worker.log").read_text(encoding="utf-8")
 
 
 def test_only_the_listed_commands_are_not_run() -> None:

@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_registry(url: str) -> str | None:
     """Why the registry at ``url`` cannot serve (one line), or None."""
     try:
-        from workers.registry_redis import check_registry
+        from workers.registry.redis_backend import check_registry
     except ImportError:
         return "--registry needs the redis client: pip install 'dualcall[redis]'"
     import asyncio

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
-import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,19 +21,24 @@ from litestar.types import ASGIApp, Message, Scope
 import openapi
 from workers import sse, web
 from workers.config import WorkerSettings
-from workers.engines.base import Engine, GenerationRequest
+from workers.engines.base import Engine
 from workers.logs import bind_job
 from workers.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
-from workers.metrics import render_metrics
-from workers.problems import FieldError, ProblemException, handle_http_exception, handle_unexpected
-from workers.registry import FinalEventDelivered, QueueFull, UnknownJob
-from workers.registry_api import JobView, RegistryBackend, create_registry
-from workers.schemas import Health, InferenceRequest, JobStatus, QueueInfo, SubmitResponse
+from workers.metrics import JobMetrics
+from workers.problems import ProblemException, handle_http_exception, handle_unexpected
+from workers.registry import (
+    FinalEventDelivered,
+    JobRecord,
+    QueueFull,
+    RegistryBackend,
+    RegistryUnavailable,
+    UnknownJob,
+)
+from workers.schemas import Health, JobStatus, QueueInfo, SubmitResponse
+from workers.seams import DEFAULT_SEAMS, Middleware, Seams
 
 CONTRACT_HEADER: Final = "Dualcall-Contract-Version"
 SUBMIT_PATH: Final = "/v1/inference"
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
-_FIELD_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 def stream_path(job_id: str) -> str:
@@ -48,10 +53,10 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_status(job: JobView, state_override: str | None = None) -> JobStatus:
+def job_status(job: JobRecord) -> JobStatus:
     return JobStatus(
         job_id=job.id,
-        state=state_override or job.state,  # type: ignore[arg-type]
+        state=job.state,
         tokens_out=job.tokens_out,
         created_at=_iso(job.created_at) or "",
         started_at=_iso(job.started_at),
@@ -68,73 +73,24 @@ def _registry(request: Request[Any, Any, Any]) -> RegistryBackend:
     return registry
 
 
-# -- request parsing --------------------------------------------------------------------------
+def _seams(request: Request[Any, Any, Any]) -> Seams:
+    seams: Seams = request.app.state.seams
+    return seams
 
 
-#: fields typed `integer` in the contract; JSON Schema counts 5.0 as an integer, msgspec does not
-_INTEGER_FIELDS: Final = ("max_tokens", "top_k", "seed")
-
-
-def _decode_request(body: bytes) -> InferenceRequest:
-    try:
-        raw = msgspec.json.decode(body)
-        if isinstance(raw, dict):
-            for name in _INTEGER_FIELDS:
-                value = raw.get(name)
-                if isinstance(value, float) and value.is_integer():
-                    raw[name] = int(value)
-        return msgspec.convert(raw, type=InferenceRequest)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        unknown = _UNKNOWN_FIELD.search(message)
-        if unknown and unknown.group(1) == "job_id":
-            raise ProblemException(
-                422,
-                "client-job-id",
-                "The server assigns job ids: remove `job_id` from the request body and read `job_id` "
-                "and `sse_url` from the 202 response (dual-call contract, DC-1.4).",
-                errors=[FieldError(field="job_id", message="not allowed: the server assigns job ids")],
-            ) from None
-        if unknown:
-            raise ProblemException(
-                422,
-                "unknown-field",
-                f"Unknown field `{unknown.group(1)}` in the request body.",
-                errors=[FieldError(field=unknown.group(1), message="unknown field")],
-            ) from None
-        where = _FIELD_PATH.search(message)
-        field = where.group(1) if where else ""
-        raise ProblemException(
-            422,
-            "invalid-field",
-            f"Invalid request body: {message}.",
-            errors=[FieldError(field=field, message=_FIELD_PATH.sub("", message))],
-        ) from None
-    except msgspec.DecodeError as exc:
-        raise ProblemException(400, "malformed-json", f"The request body is not valid JSON: {exc}.") from None
-    except RecursionError:
-        # msgspec's decoder has a depth limit (the interpreter's recursion limit, ~1000 levels): a
-        # hostile `[[[[...` stops there at C speed, with no pre-scan that every body would pay for
-        raise ProblemException(
-            400, "json-too-deep", "The request body nests JSON too deeply to decode; requests are flat objects."
-        ) from None
-    except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for invalid UTF-8 inside a string
-        raise ProblemException(
-            400, "malformed-json", f"The request body is not valid UTF-8 JSON: bad byte at offset {exc.start}."
-        ) from None
-
-
-def _to_generation(body: InferenceRequest, settings: WorkerSettings) -> GenerationRequest:
-    requested = settings.default_max_tokens if body.max_tokens is msgspec.UNSET else body.max_tokens
-    return GenerationRequest(
-        prompt=body.prompt,
-        max_tokens=min(requested, settings.max_tokens_cap),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=None if body.seed is msgspec.UNSET else body.seed,
-        stop=tuple(body.stop),
+def _registry_problem(exc: UnknownJob | RegistryUnavailable, settings: WorkerSettings) -> ProblemException:
+    """The HTTP answer to a registry error (the registry itself knows nothing of HTTP)."""
+    if isinstance(exc, UnknownJob):
+        return ProblemException(404, "unknown-job", exc.detail)
+    return ProblemException(
+        503,
+        "registry-unavailable",
+        "The job registry (Redis) is unreachable; retry later.",
+        headers={"Retry-After": str(settings.retry_after_s)},
     )
+
+
+# -- request parsing --------------------------------------------------------------------------
 
 
 _EVENT_ID_DIGITS: Final = 18
@@ -220,10 +176,13 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
             "unsupported-media-type",
             f"Send the job as `Content-Type: application/json` (got `{media_type or 'none'}`).",
         )
-    body = _decode_request(await request.body())
+    seams = _seams(request)
+    body = seams.decode_request(await request.body())
     registry = _registry(request)
     try:
-        job = await registry.submit(_to_generation(body, registry.settings))
+        job = await registry.submit(seams.to_generation(body, registry.settings))
+    except RegistryUnavailable as exc:
+        raise _registry_problem(exc, registry.settings) from None
     except QueueFull as exc:
         retry = str(registry.settings.retry_after_s)
         raise ProblemException(
@@ -238,10 +197,6 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
     )
 
 
-def _unknown(job_id: str) -> ProblemException:
-    return ProblemException(404, "unknown-job", f"No job `{job_id}`: it never existed, was cancelled, or has expired.")
-
-
 _STREAM_HEADERS: Final = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -249,10 +204,11 @@ _STREAM_HEADERS: Final = [(b"cache-control", b"no-cache"), (b"x-accel-buffering"
 async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> ASGIApp:
     """Errors (401, 400, 404) are problem+json raised before the stream starts; the stream is raw ASGI."""
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
+    registry = _registry(request)
     try:
-        events: AsyncIterator[bytes] = await _registry(request).open_stream(job_id, last_event_id)
-    except UnknownJob:
-        raise _unknown(job_id) from None
+        events: AsyncIterator[bytes] = await registry.open_stream(job_id, last_event_id)
+    except (UnknownJob, RegistryUnavailable) as exc:
+        raise _registry_problem(exc, registry.settings) from None
     except FinalEventDelivered:
         return Response(content=None, status_code=204)  # type: ignore[return-value]
     return sse.EventStreamResponse(events, _STREAM_HEADERS)
@@ -260,18 +216,20 @@ async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> ASGI
 
 @get(SUBMIT_PATH + "/{job_id:str}")
 async def status(request: Request[Any, Any, Any], job_id: FromPath[str]) -> JobStatus:
+    registry = _registry(request)
     try:
-        return job_status(await _registry(request).get(job_id))
-    except UnknownJob:
-        raise _unknown(job_id) from None
+        return job_status(await registry.get(job_id))
+    except (UnknownJob, RegistryUnavailable) as exc:
+        raise _registry_problem(exc, registry.settings) from None
 
 
 @delete(SUBMIT_PATH + "/{job_id:str}", status_code=202)
 async def cancel(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[JobStatus]:
+    registry = _registry(request)
     try:
-        job = await _registry(request).cancel(job_id)
-    except UnknownJob:
-        raise _unknown(job_id) from None
+        job = await registry.cancel(job_id)
+    except (UnknownJob, RegistryUnavailable) as exc:
+        raise _registry_problem(exc, registry.settings) from None
     return Response(job_status(job), status_code=202)
 
 
@@ -307,7 +265,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
 
 @get("/metrics", media_type=METRICS_MEDIA_TYPE)
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
-    return render_metrics(_registry(request))
+    return _registry(request).metrics.render()
 
 
 @get("/openapi.yaml", media_type="application/yaml")
@@ -324,10 +282,35 @@ async def openapi_json() -> dict[str, Any]:
 # -- factory -----------------------------------------------------------------------------------
 
 
-def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litestar:
-    """Build the worker app around ``engine``; the engine starts with the app's lifespan."""
+class WorkerApp(Litestar):
+    """The worker's Litestar app; ``Seams.middleware`` wraps every HTTP request outside Litestar's own layers."""
+
+    _outer: Any = None
+
+    def wrap(self, middleware: list[Middleware]) -> None:
+        outer: Any = functools.partial(Litestar.__call__, self)
+        for wrap in reversed(middleware):
+            outer = wrap(outer)
+        self._outer = outer
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._outer is None or scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+        else:
+            await self._outer(scope, receive, send)
+
+
+def create_app(engine: Engine, settings: WorkerSettings | None = None, seams: Seams = DEFAULT_SEAMS) -> Litestar:
+    """Build the worker app around ``engine``; the engine starts with the app's lifespan.
+
+    ``seams`` substitutes parts of the core (`workers.seams.Seams`); the defaults are production's.
+    """
     settings = settings or WorkerSettings()
-    registry = create_registry(engine, settings)
+    job_metrics = JobMetrics()
+    registry = seams.registry(
+        engine, settings, job_metrics, encoder=seams.encoder, clock=seams.clock, new_id=seams.new_job_id
+    )
+    job_metrics.bind(registry)
 
     async def on_startup(app: Litestar) -> None:
         await engine.start()
@@ -338,7 +321,7 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
         await registry.close()
         await engine.close()
 
-    app = Litestar(
+    app = WorkerApp(
         route_handlers=[
             *(submit, stream, job_options, status, cancel, health, metrics, openapi_yaml, openapi_json),
             *web.ROUTES,
@@ -365,4 +348,7 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None) -> Litest
     app.state.pages = web.load_pages(docs_cdn=settings.docs_cdn)
     app.state.registry = registry
     app.state.settings = settings
+    app.state.seams = seams
+    if seams.middleware:
+        app.wrap(list(seams.middleware))
     return app

@@ -13,7 +13,7 @@ import asyncio
 import bisect
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,8 +22,6 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from workers.engines.base import Engine
-    from workers.registry import Job
-    from workers.registry_api import RegistryBackend
 
 #: the classic text format, which every Prometheus version scrapes (generate_latest writes it)
 MEDIA_TYPE: Final = "text/plain; version=0.0.4"  # Litestar appends "; charset=utf-8"
@@ -141,22 +139,29 @@ class _RegistryCollector(Collector):
 
 
 class JobMetrics:
-    """Latency histograms of one job registry, and the exposition of everything it counts."""
+    """Latency histograms of one app's jobs, and the exposition of everything its registry counts.
 
-    def __init__(self, jobs: CountedRegistry) -> None:
+    Made by `workers.app.create_app` and handed to the registry backend, which `bind`s its counters
+    and gauges; the job lifecycle fills the histograms the same way on every backend.
+    """
+
+    def __init__(self) -> None:
         self.time_to_first_token = LatencyHistogram(TTFT_BUCKETS)
         self.token_interval = LatencyHistogram(TOKEN_INTERVAL_BUCKETS)
         self.stream_duration: dict[str, LatencyHistogram] = {}
         self.registry = CollectorRegistry(auto_describe=False)
+
+    def bind(self, jobs: CountedRegistry) -> None:
+        """Expose ``jobs``' counters and gauges next to the histograms (once per metrics object)."""
         self.registry.register(_RegistryCollector(jobs, self))
 
-    def timer(self, submitted_mono: float) -> StreamTimer:
-        return StreamTimer(self, submitted_mono)
+    def timer(self, submitted_mono: float, clock: Callable[[], float] = time.monotonic) -> StreamTimer:
+        return StreamTimer(self, submitted_mono, clock)
 
-    def job_finished(self, job: Job, submitted_mono: float, finished_mono: float) -> None:
-        histogram = self.stream_duration.get(job.state)
+    def job_finished(self, state: str, submitted_mono: float, finished_mono: float) -> None:
+        histogram = self.stream_duration.get(state)
         if histogram is None:
-            histogram = self.stream_duration[job.state] = LatencyHistogram(DURATION_BUCKETS)
+            histogram = self.stream_duration[state] = LatencyHistogram(DURATION_BUCKETS)
         histogram.observe(finished_mono - submitted_mono)
 
     def render(self) -> bytes:
@@ -167,21 +172,18 @@ class JobMetrics:
 class StreamTimer:
     """Times one job's token events: the first feeds TTFT, each later one the interval histogram."""
 
-    __slots__ = ("_last", "_metrics", "_submitted")
+    __slots__ = ("_clock", "_last", "_metrics", "_submitted")
 
-    def __init__(self, metrics: JobMetrics, submitted_mono: float) -> None:
+    def __init__(self, metrics: JobMetrics, submitted_mono: float, clock: Callable[[], float]) -> None:
         self._metrics = metrics
         self._submitted = submitted_mono
+        self._clock = clock
         self._last: float | None = None
 
     def token(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._last is None:
             self._metrics.time_to_first_token.observe(now - self._submitted)
         else:
             self._metrics.token_interval.observe(now - self._last)
         self._last = now
-
-
-def render_metrics(registry: RegistryBackend) -> bytes:
-    return registry.metrics.render()

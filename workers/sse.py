@@ -35,6 +35,33 @@ def encode_token(event_id: int, index: int, text: str) -> bytes:
     return b'id: %d\nevent: token\ndata: {"index":%d,"text":%s}\n\n' % (event_id, index, _encode_json(text))
 
 
+class EventEncoder:
+    """How a job's events become bytes: the seam every backend writes its log through.
+
+    The default is the contract's framing (`encode_event`, `encode_token`, `DONE`, `KEEPALIVE`);
+    a subclass passed to `workers.app.create_app` (``Seams.encoder``) changes the wire for tests.
+    ``final`` is the last block of a job's log: its ``end``/``error`` event followed by ``[DONE]``.
+    """
+
+    __slots__ = ()
+
+    #: the comment a reader sends when no event came for a keep-alive interval
+    keepalive: bytes = KEEPALIVE
+
+    def event(self, event_id: int, event: str, payload: object) -> bytes:
+        return encode_event(event_id, event, payload)
+
+    def token(self, event_id: int, index: int, text: str) -> bytes:
+        return encode_token(event_id, index, text)
+
+    def final(self, event_id: int, event: str, payload: object) -> bytes:
+        return encode_event(event_id, event, payload) + DONE
+
+
+#: the contract's encoding
+SSE_ENCODER: Final = EventEncoder()
+
+
 class EventStreamResponse:
     """A raw ASGI response for an event stream: the head, then each block of ``events`` as one write.
 

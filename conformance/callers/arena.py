@@ -9,6 +9,11 @@ against one scenario; the token keeps runs apart). Streams live where ``sse_url`
 
 A request for the default stream path of a job whose ``sse_url`` points elsewhere answers 404 —
 legal, the stream lives elsewhere — and is recorded as a built path.
+
+Both listeners answer CORS (preflights included) for the origins of the arena itself — a page
+served from one listener reads the stream on the other, as the ``absolute`` scenario makes a
+browser do — and for the extra origins it is given (a page hosted elsewhere). Without that, a
+browser would block the bytes and the grade would blame the caller for the arena's answer.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal, NoReturn
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
 
@@ -52,15 +57,11 @@ _DEFAULT_STREAM = re.compile(r"^/v1/inference/(?P<id>[A-Za-z0-9_-]+)/stream$")
 _QUERY_STREAM = re.compile(r"^/streams/(?P<id>[A-Za-z0-9_-]+)$")
 _RELAY_STREAM = re.compile(r"^/relay/(?P<id>[A-Za-z0-9_-]+)$")
 _EXCERPT_CHARS = 600
-_HEALTH = json.dumps(
-    {
-        "status": "ok",
-        "engine": "adversary",
-        "model": "scripted",
-        "contract_version": contract_version(),
-        "keepalive_s": 15,
-    }
-).encode()
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+#: what a browser page may send and read across origins: the contract's methods and headers
+_CORS_METHODS = "GET, POST, DELETE"
+_CORS_EXPOSED = "Retry-After, Location"
+_CORS_MAX_AGE_S = "600"
 #: pause between the small chunks of the mid-UTF-8 scenario, so they leave as separate writes
 _CHUNK_PAUSE_S = 0.002
 _CHUNK_BYTES = 5
@@ -83,10 +84,12 @@ def _problem(status: int, title: str, detail: str) -> tuple[int, dict[str, str],
 class Arena:
     """The ASGI app. Runs are registered by :meth:`new_run`; everything else answers 404."""
 
-    def __init__(self) -> None:
+    def __init__(self, cors_origins: frozenset[str] = frozenset()) -> None:
         self.host = "127.0.0.1"
         self.primary_port = 0
         self.second_port = 0
+        #: origins besides the arena's own that may read its answers in a browser
+        self.cors_origins = frozenset(origin.rstrip("/") for origin in cors_origins)
         self._runs: dict[str, ScenarioRun] = {}
         self._jobs: dict[str, tuple[ScenarioRun, ScriptedJob]] = {}
 
@@ -102,11 +105,27 @@ class Arena:
         self._runs[token] = run
         return run
 
+    def allows_origin(self, origin: str) -> bool:
+        """A page on this origin may read the arena's answers: one of its own listeners, or one it was given."""
+        if origin.rstrip("/") in self.cors_origins:
+            return True
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:
+            return False
+        host = parts.netloc.rpartition(":")[0]
+        own_hosts = _LOOPBACK_NAMES | {self.host, f"[{self.host}]"}
+        return parts.scheme == "http" and host in own_hosts and port in (self.primary_port, self.second_port)
+
     # --- ASGI -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        origin = next((value.decode("latin-1") for name, value in scope["headers"] if name.lower() == b"origin"), None)
+        if origin is not None and self.allows_origin(origin):
+            send = _with_cors(send, origin)
         listener: Literal["primary", "second"] = (
             "second" if scope["server"] and scope["server"][1] == self.second_port else "primary"
         )
@@ -133,6 +152,11 @@ class Arena:
                 body=body.decode("utf-8", "replace") if body else None,
             )
         )
+        if hit.method == "OPTIONS" and "access-control-request-method" in headers:
+            hit.kind = "preflight"  # the browser asking, not the caller's request: answered, never graded
+            await self._preflight(hit, send, origin)
+            hit.answered_at = run.now()
+            return
         # a mangled URL (not /run/<token>/<scenario>/...) is still recorded, as evidence against the caller
         rest = (match["rest"] or "/") if match and match["scenario"] == run.scenario.name else "/?"
         try:
@@ -158,7 +182,7 @@ class Arena:
             await self._submit(run, hit, send)
             return
         if rest == "/health" and method == "GET":  # callers may look before they submit (DC-5.1)
-            await self._reply(hit, send, 200, {"content-type": "application/json"}, _HEALTH)
+            await self._reply(hit, send, 200, {"content-type": "application/json"}, _health(run.scenario))
             return
         stream = self._stream_target(run, hit, rest, query)
         if stream is not None:
@@ -320,6 +344,8 @@ class Arena:
             hit.response_excerpt = excerpt.decode("utf-8", "replace")
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
+        if scenario.retry_ms is not None:
+            await write(f"retry: {scenario.retry_ms}\n\n".encode())
         if scenario.cut == "every-attempt":
             if pending and pending[0].type == "started" and last == 0:
                 await write(pending[0].encode())
@@ -380,11 +406,52 @@ class Arena:
         hit.cut, hit.cut_where = True, where
         raise _StreamCut(where)
 
+    async def _preflight(self, hit: Hit, send: Send, origin: str | None) -> None:
+        if origin is None or not self.allows_origin(origin):
+            note = f"origin {origin!r} is not the arena's own; serve-callers --cors-origin allows another"
+            hit.note = note
+            await self._reply(hit, send, 403, {"content-type": "text/plain"}, note.encode())
+            return
+        headers = {
+            "access-control-allow-methods": _CORS_METHODS,
+            "access-control-allow-headers": hit.header("access-control-request-headers") or "",
+            "access-control-max-age": _CORS_MAX_AGE_S,
+        }
+        await self._reply(hit, send, 204, {name: value for name, value in headers.items() if value}, b"")
+
     async def _reply(self, hit: Hit, send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
         hit.status = status
         hit.response_headers = dict(headers)
         hit.response_excerpt = body[:_EXCERPT_CHARS].decode("utf-8", "replace")
         await _answer(send, status, headers, body)
+
+
+def _health(scenario: Scenario) -> bytes:
+    return json.dumps(
+        {
+            "status": "ok",
+            "engine": "adversary",
+            "model": "scripted",
+            "contract_version": contract_version(),
+            "keepalive_s": scenario.keepalive_s,
+        }
+    ).encode()
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """*send*, with the CORS answer for *origin* added to every response start."""
+    extra = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", _CORS_EXPOSED.encode()),
+        (b"vary", b"Origin"),
+    ]
+
+    async def cors_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=[*message.get("headers", []), *extra])
+        await send(message)
+
+    return cors_send
 
 
 def _hostname(hit: Hit, default: str) -> str:
@@ -452,8 +519,10 @@ async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes)
 class ArenaServer:
     """The arena served by uvicorn in a background thread, on two loopback ports."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, second_port: int = 0) -> None:
-        self.arena = Arena()
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, second_port: int = 0, cors_origins: frozenset[str] = frozenset()
+    ) -> None:
+        self.arena = Arena(cors_origins)
         self.arena.host = host
         self._ports = (port, second_port)
         self._server: uvicorn.Server | None = None

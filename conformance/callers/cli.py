@@ -1,8 +1,9 @@
 """``dualcall-conformance serve-callers``: the adversarial worker, and the caller conformance run.
 
 With ``--caller CMD`` the command is run once per scenario and graded (exit 0 pass, 1 a rule
-broken, 2 usage error). Without it the worker serves every scenario under its own base URL
-until Ctrl-C (or ``--duration``), then grades what the callers did on the wire.
+broken — or, with ``--require-all``, a MUST rule not verified — 2 usage error). Without it
+the worker serves every scenario under its own base URL until Ctrl-C (or ``--duration``), then
+grades what the callers did on the wire.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
             "an adversarial worker serves legal but inconvenient scenarios and grades what the caller does "
             "against the caller rules DC-C-n of openapi/SPEC.md."
         ),
-        epilog="Exit codes: 0 pass, 1 a caller rule broken, 2 usage error.",
+        epilog="Exit codes: 0 pass, 1 a caller rule broken (or an unverified MUST rule with --require-all), "
+        "2 usage error.",
     )
     parser.add_argument(
         "--caller",
@@ -70,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--jobs", type=_jobs, default=4, metavar="N", help="scenarios run at once (default: 4)")
     parser.add_argument("--level", choices=("must", "should"), default="must", help="what fails the run")
+    parser.add_argument(
+        "--require-all", action="store_true", help="a MUST rule that no scenario verified fails the run (exit 1)"
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also answer CORS for a browser page on ORIGIN (its own origins always are); repeatable",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the JSON report")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="write a JUnit XML report")
     parser.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
@@ -125,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.json, args.junit, args.html):
         if path is not None and path.is_dir():
             parser.error(f"report path {path} is a directory")
-    server = ArenaServer(args.host, args.port, args.second_port)
+    for origin in args.cors_origin:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            parser.error(f"--cors-origin must be an origin such as http://127.0.0.1:5173, got {origin!r}")
+    server = ArenaServer(args.host, args.port, args.second_port, frozenset(args.cors_origin))
     try:
         server.start()
     except (OSError, RuntimeError) as exc:
@@ -143,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_scenario=lambda run: _scenario_line(console, run),
                 server=server,
                 jobs=args.jobs,
+                require_all=args.require_all,
             )
         else:
-            report = _serve(console, server, scenarios, args.duration, args.level)
+            report = _serve(
+                console, server, scenarios, args.duration, threshold=args.level, require_all=args.require_all
+            )
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -166,7 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(
-    console: Console, server: ArenaServer, scenarios: Sequence[Scenario], duration: float | None, threshold: Threshold
+    console: Console,
+    server: ArenaServer,
+    scenarios: Sequence[Scenario],
+    duration: float | None,
+    *,
+    threshold: Threshold,
+    require_all: bool,
 ) -> Report:
     """Serve every scenario under its own URL until Ctrl-C or *duration*; grade what was seen on the wire."""
     runs = [server.arena.new_run(scenario) for scenario in scenarios]
@@ -197,4 +221,5 @@ def _serve(
         started_at=started_at,
         duration_s=time.monotonic() - clock,
         adversary=server.arena.base_url,
+        require_all=require_all,
     )

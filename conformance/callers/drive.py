@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Protocol
 
 from conformance.callers.arena import ArenaServer
 from conformance.callers.grade import build_report
@@ -154,7 +155,13 @@ class FunctionCaller:
         return CallerOutcome(succeeded=True, text=text, duration_s=duration)
 
 
-Caller = CommandCaller | FunctionCaller
+class Caller(Protocol):
+    """What ``run_callers`` drives: a command, a function, or anything that reports a CallerOutcome."""
+
+    @property
+    def label(self) -> str: ...
+
+    def __call__(self, target: CallerTarget, should_stop: ShouldStop) -> CallerOutcome: ...
 
 
 def verdict_already_clear(run: ScenarioRun) -> str | None:
@@ -186,11 +193,14 @@ def run_callers(
     on_scenario: Callable[[ScenarioRun], None] | None = None,
     server: ArenaServer | None = None,
     jobs: int = 1,
+    require_all: bool = False,
 ) -> Report:
     """Run *caller* once per scenario against the adversarial worker and grade it.
 
     ``jobs`` scenarios run at once: runs are isolated by their URL token, and the grading's
-    timing checks (Retry-After, close after [DONE]) only get more lenient under load.
+    timing checks (Retry-After, close after [DONE]) only get more lenient under load. With
+    ``jobs=1`` they run one after the other in the calling thread, so a caller bound to its
+    thread (a browser driven by Playwright) can be graded.
     """
     started_at = datetime.now(UTC)
     clock = time.monotonic()
@@ -209,8 +219,11 @@ def run_callers(
         return run
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="scenario") as pool:
-            runs = list(pool.map(play, scenarios or SCENARIOS))
+        if jobs <= 1:
+            runs = [play(scenario) for scenario in scenarios or SCENARIOS]
+        else:
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="scenario") as pool:
+                runs = list(pool.map(play, scenarios or SCENARIOS))
     finally:
         if owned:
             arena_server.stop()
@@ -222,4 +235,5 @@ def run_callers(
         started_at=started_at,
         duration_s=time.monotonic() - clock,
         adversary=arena_server.arena.base_url,
+        require_all=require_all,
     )

@@ -1,9 +1,10 @@
 """Fold the findings of all scenario runs into the suite's result model: one CheckResult per rule.
 
 A rule fails (a SHOULD rule warns, unless the threshold is ``should``) on evidence from any run;
-passes when at least one run showed it kept; is skipped as not verified when no run could show
-it. Every broken rule also gets a diagnosis, in the style of the legacy worker's: what was seen,
-in which scenario, and what to change.
+passes only when a run of a scenario built for it showed it kept (a pass seen elsewhere is kept
+in the details but proves nothing about the hard case); is reported as not verified otherwise.
+Every broken rule also gets a diagnosis, in the style of the legacy worker's: what was seen, in
+which scenario, and what to change.
 """
 
 from __future__ import annotations
@@ -56,11 +57,16 @@ def exchange(hit: Hit) -> Exchange:
     )
 
 
+def _built_for(rule: CallerRule, scenario: str) -> bool:
+    return not rule.scenarios or scenario in rule.scenarios
+
+
 def grade_rule(rule: CallerRule, runs: Sequence[ScenarioRun], threshold: Threshold) -> CheckResult:
     findings: list[Finding] = [finding for run in runs for finding in rule.grade(run)]
     failed = [finding for finding in findings if finding.verdict == "fail"]
-    passed = [finding for finding in findings if finding.verdict == "pass"]
-    unverified = [finding for finding in findings if finding.verdict == "unverified"]
+    own = [finding for finding in findings if _built_for(rule, finding.scenario)]
+    passed = [finding for finding in own if finding.verdict == "pass"]
+    unverified = [finding for finding in own if finding.verdict == "unverified"]
     details = [f"[{finding.scenario}] {finding.verdict.upper()}: {finding.message}" for finding in findings]
     result = CheckResult(
         id=rule.check_id, rule=rule.rule, level=rule.level, title=rule.title, outcome="passed", message=""
@@ -88,9 +94,12 @@ def grade_rule(rule: CallerRule, runs: Sequence[ScenarioRun], threshold: Thresho
                 f"run the scenarios {tested} with a caller whose result is known (--caller, or the "
                 "dualcall_caller fixture's check()/grade())",
             )
-        reason = (
-            f"[{unverified[0].scenario}] {unverified[0].message}" if unverified else f"scenarios run: none of {tested}"
-        )
+        if unverified:
+            reason = f"[{unverified[0].scenario}] {unverified[0].message}"
+        elif any(_built_for(rule, run.scenario.name) for run in runs):
+            reason = f"no run of {tested} showed it"
+        else:
+            reason = f"scenarios run: none of {tested}"
         result.message = f"not verified: {reason}"
     return result
 
@@ -104,9 +113,9 @@ def diagnose(rule: CallerRule, result: CheckResult, findings: Sequence[Finding])
     )
 
 
-def replay_command(command: str, rule: CallerRule) -> str:
-    """The command that runs a command caller again on the scenarios of one rule."""
-    scenarios = ",".join(rule.scenarios)
+def replay_command(command: str, failing: Sequence[str]) -> str:
+    """The command that runs a command caller again on the scenarios where it broke a rule."""
+    scenarios = ",".join(dict.fromkeys(failing))
     return f"dualcall-conformance serve-callers --caller {shlex.quote(command)}" + (
         f" --scenarios {scenarios}" if scenarios else ""
     )
@@ -121,6 +130,7 @@ def build_report(
     started_at: datetime | None = None,
     duration_s: float = 0.0,
     adversary: str = "",
+    require_all: bool = False,
 ) -> Report:
     report = Report(
         target=target,
@@ -129,6 +139,7 @@ def build_report(
         started_at=(started_at or datetime.now(UTC)).isoformat(timespec="seconds"),
         duration_s=duration_s,
         suite_version=__version__,
+        require_all=require_all,
     )
     for rule in RULES:
         result = grade_rule(rule, runs, threshold)
@@ -137,7 +148,8 @@ def build_report(
             findings = [finding for run in runs for finding in rule.grade(run)]
             report.diagnoses.append(diagnose(rule, result, findings))
             if command is not None:
-                result.replay = replay_command(command, rule)
+                failing = [finding.scenario for finding in findings if finding.verdict == "fail"]
+                result.replay = replay_command(command, failing)
     report.worker = {
         "mode": "caller conformance (adversarial worker)",
         "adversary": adversary,

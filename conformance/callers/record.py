@@ -9,7 +9,7 @@ from typing import Literal
 
 from conformance.callers.scenarios import Scenario, WireEvent
 
-HitKind = Literal["submit", "stream", "built-stream", "wrong-stream", "status", "cancel", "other"]
+HitKind = Literal["submit", "stream", "built-stream", "wrong-stream", "status", "cancel", "preflight", "other"]
 
 
 @dataclass(slots=True)

@@ -11,32 +11,23 @@ import asyncio
 import sys
 
 from conformance.callers.record import CallerTarget
-from conformance.client import AsyncDualCallClient, Completion, DualCallClient, DualCallError
+from conformance.client import AsyncDualCallClient, DualCallClient, DualCallError
 
 TIMEOUT_S = 15.0
 
 
-class GenerationFailed(DualCallError):
-    """The stream finished with an ``error`` event."""
-
-
-def _text(completion: Completion) -> str:
-    if completion.error is not None:
-        raise GenerationFailed(f"error {completion.error.code}: {completion.error.message}")
-    return completion.text
-
-
 def sync_caller(target: CallerTarget) -> str:
+    """The README's example as a caller: ``generate()`` raises GenerationFailed on an ``error`` event."""
     with DualCallClient(target.base_url, timeout=TIMEOUT_S) as client:
-        return _text(client.generate(target.prompt, max_tokens=32))
+        return client.generate(target.prompt, max_tokens=32).text
 
 
 def async_caller(target: CallerTarget) -> str:
-    async def generate() -> Completion:
+    async def generate() -> str:
         async with AsyncDualCallClient(target.base_url, timeout=TIMEOUT_S) as client:
-            return await client.generate(target.prompt, max_tokens=32)
+            return (await client.generate(target.prompt, max_tokens=32)).text
 
-    return _text(asyncio.run(generate()))
+    return asyncio.run(generate())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,17 +275,39 @@ def _resumes(run: ScenarioRun) -> list[Finding]:
                 findings.append(
                     _finding(run, "pass", f"resumed with Last-Event-ID: {expected} after a cut {connection.cut_where}")
                 )
-        if run.scenario.cut == "every-attempt" and len(connections) - 1 > RESUME_LIMIT:
-            findings.append(
-                _finding(
-                    run,
-                    "fail",
-                    f"{len(connections) - 1} reconnects to a stream that never progressed: not bounded "
-                    f"(the suite accepts at most {RESUME_LIMIT})",
-                    connections[-1],
-                )
-            )
+        if run.scenario.cut == "every-attempt":
+            findings += _dead_stream_bound(run, connections)
     return findings
+
+
+def _dead_stream_bound(run: ScenarioRun, connections: list[Hit]) -> list[Finding]:
+    """The bound on reconnects without progress: over the suite's limit, or still reconnecting at the end."""
+    reconnects = len(connections) - 1
+    if reconnects > RESUME_LIMIT:
+        return [
+            _finding(
+                run,
+                "fail",
+                f"{reconnects} reconnects to a stream that never progressed: not bounded "
+                f"(the suite accepts at most {RESUME_LIMIT})",
+                connections[-1],
+            )
+        ]
+    outcome = run.outcome
+    if outcome is not None and outcome.timed_out and reconnects > 0:
+        retry = run.scenario.retry_ms
+        return [
+            _finding(
+                run,
+                "fail",
+                f"still reconnecting to a stream that never progressed after {outcome.duration_s:.1f}s "
+                f"({reconnects} reconnects"
+                + (f", although every connection said `retry: {retry}`" if retry else "")
+                + "): not bounded within the scenario's time",
+                connections[-1],
+            )
+        ]
+    return []
 
 
 # --- DC-C-5 ------------------------------------------------------------------------------
@@ -482,7 +504,8 @@ def _patient(run: ScenarioRun) -> list[Finding]:
         _finding(
             run,
             "fail",
-            f"gave up at {gave_up:.1f}s after {len(connections)} connection(s); the first token came at {delay:g}s; "
+            f"gave up at {gave_up:.1f}s after {len(connections)} connection(s); the first token came at {delay:g}s, "
+            f"within the keep-alive interval of {run.scenario.keepalive_s:g}s that /health advertised; "
             f"{outcome.summary()}",
             *connections[-1:],
         )
@@ -585,8 +608,8 @@ RULES: tuple[CallerRule, ...] = (
         "DC-C-11",
         "SHOULD",
         "waits for a slow first token (or resumes), never gives up or resubmits early",
-        "Use a stream read timeout of at least the keep-alive interval (15 s) or resume on a read timeout; never "
-        "submit the job a second time.",
+        "Use a stream read timeout of at least the keep-alive interval (keepalive_s in /health, 15 s by default; "
+        "a timeout longer than that is fine) or resume on a read timeout; never submit the job a second time.",
         _patient,
     ),
 )

@@ -39,6 +39,14 @@ MID_EVENT_TOKEN = 5
 MID_UTF8_TOKEN = 6
 MID_UTF8_CHAR = "本"
 DONE_LINE = b"data: [DONE]\n\n"
+#: the contract's default keep-alive interval (DC-2.8)
+DEFAULT_KEEPALIVE_S = 15.0
+#: the slow-first-token scenario advertises this interval and stays silent just under it
+SHORT_KEEPALIVE_S = 5.0
+SLOW_FIRST_TOKEN_S = 4.5
+#: the dead stream asks for reconnects this soon, so a caller that never gives up passes the
+#: suite's bound within seconds (a standard EventSource honours it)
+DEAD_STREAM_RETRY_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,10 @@ class Scenario:
     #: the worker holds the connection open this long after ``[DONE]`` (a buffering proxy)
     close_delay_s: float = 0.0
     finish: Finish = "end"
+    #: the keep-alive interval /health advertises (DC-2.8): the longest silence a caller must sit out
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+    #: a ``retry:`` field (ms) at the start of every connection; an EventSource waits that long to reconnect
+    retry_ms: int | None = None
 
     @property
     def expected_text(self) -> str | None:
@@ -161,9 +173,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "slow-first-token",
-        "after `started` the stream is silent for 2 s before the first token",
+        f"/health advertises keepalive_s {SHORT_KEEPALIVE_S:g}; after `started` the stream is silent for "
+        f"{SLOW_FIRST_TOKEN_S:g} s (just under it) before the first token",
         ("DC-C-11",),
-        first_token_delay_s=2.0,
+        first_token_delay_s=SLOW_FIRST_TOKEN_S,
+        keepalive_s=SHORT_KEEPALIVE_S,
     ),
     Scenario(
         "error-event",
@@ -179,9 +193,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "dead-stream",
-        "every connection is cut right after `started`: the stream never progresses",
+        f"every connection starts with `retry: {DEAD_STREAM_RETRY_MS}` and is cut right after `started` "
+        "(or a keep-alive): the stream never progresses",
         ("DC-C-4", "DC-C-9"),
         cut="every-attempt",
+        retry_ms=DEAD_STREAM_RETRY_MS,
     ),
     Scenario(
         "late-close",

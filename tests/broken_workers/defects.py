@@ -2,10 +2,11 @@
 
 Every entry models a bug a real worker could ship and names the conformance checks that MUST
 fail because of it (``caught_by``); a SHOULD check that must warn is listed in ``warned_by``.
-``apply()`` installs the defect in the current process — by monkeypatching the worker core
-(`workers.app`, `workers.registry`, `workers.sse`, the mock engine) or by returning an ASGI
-middleware that wraps the unmodified app and mutates requests and responses on the wire.
-Each broken worker runs in its own process (`serve.py`), so patches never leak.
+``apply()`` builds the defect as a `Broken`: the seams `workers.app.create_app` offers
+(`workers.seams.Seams`: the id factory, the event encoder, the request decoder, the generation
+mapping, the registry backend, ASGI middleware) and an optional wrapper around the mock engine.
+A wire-level defect is a middleware from `asgi.py` that rewrites requests and responses of the
+unmodified app. Nothing in `workers` is patched; each broken worker runs in its own process (`serve.py`).
 """
 
 from __future__ import annotations
@@ -18,26 +19,26 @@ import json
 import random
 import re
 import secrets
-import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, post
-from litestar.exceptions import HTTPException
-from litestar.response import Stream
 
-import workers.app as worker_app
-import workers.registry as worker_registry
+from workers import requests as worker_requests
 from workers import sse as worker_sse
 from workers.config import WorkerSettings
-from workers.engines import mock as mock_engine
-from workers.engines.base import EngineError, EngineHealth, GenerationRequest
+from workers.engines.base import Chunk, Engine, EngineError, EngineHealth, GenerationRequest
+from workers.engines.mock import MockEngine
+from workers.metrics import JobMetrics
 from workers.problems import ProblemException
-from workers.registry import Job, JobRegistry, UnknownJob
+from workers.registry import Clock, UnknownJob, new_job_id
+from workers.registry.in_process import InProcessRegistry, Job
+from workers.registry.lifecycle import Trigger
 from workers.schemas import EndData, ErrorInfo, InferenceRequest, TokenData
+from workers.seams import DEFAULT_SEAMS, Seams
+from workers.sse import EventEncoder
 
 from .asgi import (
     JOB_PATH,
@@ -64,6 +65,18 @@ from .asgi import (
 AUTH_TOKEN = "s3cret"
 
 
+@dataclasses.dataclass(frozen=True)
+class Broken:
+    """What a defect changes: the app's seams, and the engine (``engine(mock)`` replaces the mock)."""
+
+    seams: Seams = DEFAULT_SEAMS
+    engine: Callable[[MockEngine], Engine] | None = None
+
+
+#: what the install function of the defect being applied has asked for (one defect per process)
+_pending: dict[str, Any] = {}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Defect:
     name: str
@@ -81,9 +94,17 @@ class Defect:
     #: checks run alongside only to provide evidence (e.g. for the sweeps DC-SVC-004/006); no expectation
     runs_with: tuple[str, ...] = ()
 
-    def apply(self) -> Middleware | None:
-        """Install the defect in this process; returns a middleware to wrap the app with, if any."""
-        return self.install()
+    def apply(self) -> Broken:
+        """The seams and engine wrapper that make the mock worker show this defect."""
+        _pending.clear()
+        middleware = self.install()
+        engine = _pending.pop("engine", None)
+        changes = dict(_pending)
+        _pending.clear()
+        outer = (*((middleware,) if middleware is not None else ()), *changes.pop("middleware", ()))
+        if outer:
+            changes["middleware"] = outer
+        return Broken(Seams(**changes), engine)
 
 
 DEFECTS: dict[str, Defect] = {}
@@ -108,7 +129,7 @@ def defect(
     return register
 
 
-# -- shared building blocks ---------------------------------------------------------------------------
+# -- the seams a defect sets (each helper records one `Seams` field for `Defect.apply`) ----------------
 
 
 def _status_swap(match: Callable[[Scope], bool], old: int, new: int) -> Middleware:
@@ -120,24 +141,115 @@ def _status_swap(match: Callable[[Scope], bool], old: int, new: int) -> Middlewa
 
 
 def _wrap_decode(wrapper: Callable[[Callable[[bytes], InferenceRequest], bytes], InferenceRequest]) -> None:
-    """Replace `workers.app._decode_request` (the submit body parser) with ``wrapper(original, body)``."""
-    original = worker_app._decode_request
-    worker_app._decode_request = lambda body: wrapper(original, body)  # type: ignore[assignment]
+    """The submit body parser (``Seams.decode_request``) becomes ``wrapper(original, body)``."""
+    original: Callable[[bytes], InferenceRequest] = _pending.get("decode_request", worker_requests.decode_request)
+    _pending["decode_request"] = lambda body: wrapper(original, body)
 
 
 def _wrap_generation(change: Callable[[GenerationRequest, WorkerSettings], GenerationRequest]) -> None:
-    original = worker_app._to_generation
+    """The request -> engine mapping (``Seams.to_generation``) passes its result through ``change``."""
+    original = worker_requests.to_generation
 
     def to_generation(body: InferenceRequest, settings: WorkerSettings) -> GenerationRequest:
         return change(original(body, settings), settings)
 
-    worker_app._to_generation = to_generation  # type: ignore[assignment]
+    _map_generation(to_generation)
+
+
+def _map_generation(to_generation: Callable[[InferenceRequest, WorkerSettings], GenerationRequest]) -> None:
+    """The request -> engine mapping (``Seams.to_generation``) is ``to_generation``."""
+    _pending["to_generation"] = to_generation
+
+
+def _job_ids(factory: Callable[[], str]) -> None:
+    """New jobs get their ids from ``factory`` (``Seams.new_job_id``)."""
+    _pending["new_job_id"] = factory
+
+
+def _encoder(encoder: EventEncoder) -> None:
+    """Every event is encoded by ``encoder`` (``Seams.encoder``)."""
+    _pending["encoder"] = encoder
+
+
+def _registry(backend: type[InProcessRegistry]) -> None:
+    """The worker runs on ``backend``, an `InProcessRegistry` subclass (``Seams.registry``)."""
+
+    def build(
+        engine: Engine,
+        settings: WorkerSettings,
+        metrics: JobMetrics,
+        *,
+        encoder: EventEncoder,
+        clock: Clock,
+        new_id: Callable[[], str],
+    ) -> InProcessRegistry:
+        return backend(engine, settings, metrics, encoder=encoder, clock=clock, new_id=new_id)
+
+    _pending["registry"] = build
+
+
+def _engine(wrap: Callable[[MockEngine], Engine]) -> None:
+    """The mock engine is replaced by ``wrap(mock)``."""
+    _pending["engine"] = wrap
+
+
+class EngineWrapper:
+    """An engine that delegates everything to the mock; subclasses change one behaviour."""
+
+    def __init__(self, inner: MockEngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.model = inner.model
+        self.deterministic = inner.deterministic
+        self.max_concurrency = inner.max_concurrency
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def health(self) -> EngineHealth:
+        return self.inner.health()
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        return self.inner.generate(request)
+
+
+class FramingEncoder(EventEncoder):
+    """Every event, tokens included, through one ``encode(event_id, event, payload)``."""
+
+    def __init__(self, encode: Callable[[int, str, object], bytes]) -> None:
+        self.encode = encode
+
+    def event(self, event_id: int, event: str, payload: object) -> bytes:
+        return self.encode(event_id, event, payload)
+
+    def token(self, event_id: int, index: int, text: str) -> bytes:
+        return self.encode(event_id, "token", TokenData(index=index, text=text))
+
+    def final(self, event_id: int, event: str, payload: object) -> bytes:
+        return self.encode(event_id, event, payload) + worker_sse.DONE
 
 
 def _wrap_encoder(encode: Callable[[int, str, object], bytes]) -> None:
-    """Replace the SSE encoder every job uses (`workers.sse.encode_event`, and its token fast path)."""
-    worker_sse.encode_event = encode  # type: ignore[assignment]
-    worker_sse.encode_token = lambda event_id, index, text: encode(event_id, "token", TokenData(index=index, text=text))  # type: ignore[assignment]
+    """Replace the SSE encoding of every event (the token fast path included)."""
+    _encoder(FramingEncoder(encode))
+
+
+class FinalEncoder(EventEncoder):
+    """The contract's encoding, except for the last block of a job's log (its end/error and [DONE])."""
+
+    def __init__(self, final: Callable[[EventEncoder, int, str, object], bytes]) -> None:
+        self._final = final
+
+    def final(self, event_id: int, event: str, payload: object) -> bytes:
+        return self._final(self, event_id, event, payload)
+
+
+def _replace_final(final: Callable[[EventEncoder, int, str, object], bytes]) -> None:
+    """The final block of every job is ``final(encoder, event_id, event, payload)``."""
+    _encoder(FinalEncoder(final))
 
 
 _original_encode = worker_sse.encode_event
@@ -145,36 +257,6 @@ _original_encode = worker_sse.encode_event
 
 def _builtins(payload: object) -> Any:
     return msgspec.to_builtins(payload)
-
-
-def _close(job: Job, state: Any, stop_reason: Any, error: ErrorInfo | None) -> bool:
-    """The bookkeeping half of `Job.finish`; False when the job had already finished."""
-    if job.finished:
-        return False
-    job.state = state
-    job.stop_reason = stop_reason
-    job.error = error
-    job.finished_at = time.time()
-    job._finished_mono = time.monotonic()
-    return True
-
-
-def _emit_terminal(job: Job, **end_overrides: Any) -> None:
-    if job.error is not None:
-        job.emit("error", job.error)
-    else:
-        fields = {"tokens_out": job.tokens_out, "stop_reason": job.stop_reason, **end_overrides}
-        job.emit("end", EndData(**fields))
-
-
-def _replace_finish(emit: Callable[[Job], None]) -> None:
-    """Replace `Job.finish` with one whose event emission is ``emit(job)``."""
-
-    def finish(self: Job, state: Any, *, stop_reason: Any = None, error: ErrorInfo | None = None) -> None:
-        if _close(self, state, stop_reason, error):
-            emit(self)
-
-    Job.finish = finish  # type: ignore[method-assign]
 
 
 def _problem(status: int, title: str, detail: str) -> bytes:
@@ -249,15 +331,13 @@ def _client_job_id_honoured() -> None:
             body = json.dumps(raw).encode()
         return original(body)
 
-    server_id = worker_registry.new_job_id
-
-    def new_job_id() -> str:
+    def client_or_server_id() -> str:
         chosen = _client_job_id.get()
         _client_job_id.set(None)
-        return chosen or server_id()
+        return chosen or new_job_id()
 
     _wrap_decode(decode)
-    worker_registry.new_job_id = new_job_id
+    _job_ids(client_or_server_id)
 
 
 @defect(
@@ -267,7 +347,7 @@ def _client_job_id_honoured() -> None:
 )
 def _sequential_ids() -> None:
     counter = itertools.count(1)
-    worker_registry.new_job_id = lambda: f"job-{next(counter)}"
+    _job_ids(lambda: f"job-{next(counter)}")
 
 
 @defect(
@@ -276,7 +356,7 @@ def _sequential_ids() -> None:
     caught_by=("DC-SUBMIT-003",),
 )
 def _short_ids() -> None:
-    worker_registry.new_job_id = lambda: secrets.token_hex(4)
+    _job_ids(lambda: secrets.token_hex(4))
 
 
 @defect(
@@ -285,7 +365,7 @@ def _short_ids() -> None:
     caught_by=("DC-SUBMIT-003",),
 )
 def _non_url_safe_ids() -> None:
-    worker_registry.new_job_id = lambda: base64.b64encode(secrets.token_bytes(16)).decode()
+    _job_ids(lambda: base64.b64encode(secrets.token_bytes(16)).decode())
 
 
 @defect(
@@ -294,7 +374,7 @@ def _non_url_safe_ids() -> None:
     caught_by=("DC-SUBMIT-003",),
 )
 def _ids_too_long() -> None:
-    worker_registry.new_job_id = lambda: secrets.token_urlsafe(128)
+    _job_ids(lambda: secrets.token_urlsafe(128))
 
 
 @defect(
@@ -305,16 +385,18 @@ def _ids_too_long() -> None:
     worker_args=("--ttl-s", "30"),
 )
 def _submit_waits_for_generation() -> None:
-    original = worker_app.submit.fn
+    class WaitingRegistry(InProcessRegistry):
+        async def submit(self, request: GenerationRequest) -> Job:
+            job = await super().submit(request)
+            if job.task is not None:
+                await asyncio.wait([job.task], timeout=30)
+            return job
 
-    async def submit(request: Request[Any, Any, Any]) -> Response[Any]:
-        handed_off = await original(request)
-        job = request.app.state.registry.registry.get(handed_off.content.job_id)  # the in-process JobRegistry
-        if job.task is not None:
-            await asyncio.wait([job.task], timeout=30)
-        return handed_off
+    _registry(WaitingRegistry)
 
-    worker_app.submit = post(worker_app.SUBMIT_PATH, guards=[worker_app.require_bearer], status_code=202)(submit)
+
+#: the keys of an HTTP scope that the server sets (the app adds its own caches)
+_ASGI_SCOPE_KEYS = ("type", "asgi", "http_version", "scheme", "root_path", "headers", "client", "server", "extensions")
 
 
 @defect(
@@ -322,18 +404,30 @@ def _submit_waits_for_generation() -> None:
     "POST creates the job and then answers 200 with its event stream (the legacy shape on a dual-call core)",
     caught_by=("DC-LEGACY-001", "DC-SUBMIT-001"),
 )
-def _post_streams() -> None:
-    original = worker_app.submit.fn
+def _post_streams() -> Middleware:
+    class StreamFromPost(Rewriter):
+        async def run(self, app: Any, scope: Scope, receive: Receive, send: Send) -> None:
+            start: Message = {}
+            parts: list[bytes] = []
 
-    async def submit(request: Request[Any, Any, Any]) -> Any:
-        handed_off = await original(request)
-        registry: JobRegistry = request.app.state.registry.registry  # the in-process backend's JobRegistry
-        events = registry.open_stream(handed_off.content.job_id, None)
-        return Stream(events, media_type=worker_sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
+            async def capture(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    start.update(message)
+                elif message["type"] == "http.response.body":
+                    parts.append(message.get("body", b""))
 
-    worker_app.submit = post(
-        worker_app.SUBMIT_PATH, guards=[worker_app.require_bearer], status_code=200, media_type=worker_sse.MEDIA_TYPE
-    )(submit)
+            await app(scope, receive, capture)
+            if start.get("status") != 202:
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+                return
+            path = json.loads(b"".join(parts))["sse_url"]
+            # a fresh scope of the server's own keys: the app caches parsed request data in the one it saw
+            stream_scope = {key: scope[key] for key in _ASGI_SCOPE_KEYS if key in scope}
+            stream_scope |= {"method": "GET", "path": path, "raw_path": path.encode(), "query_string": b""}
+            await app(stream_scope, receive, send)  # the job's event stream, as the answer to the POST
+
+    return rewrite(is_submit, StreamFromPost)
 
 
 @defect(
@@ -386,12 +480,16 @@ def _invalid_values_400() -> None:
     _wrap_decode(decode)
 
 
+#: the traceback of the last unexpected exception while decoding a submit (traceback-500)
+_tracebacks: list[str] = []
+
+
 @defect(
     "traceback-500",
     "a non-object JSON body crashes the parser and the 500 leaks the Python traceback as text/plain",
     caught_by=("DC-SUBMIT-008", "DC-SVC-004"),
 )
-def _traceback_500() -> None:
+def _traceback_500() -> Middleware:
     def decode(original: Callable[[bytes], InferenceRequest], body: bytes) -> InferenceRequest:
         try:
             raw = msgspec.json.decode(body)
@@ -400,12 +498,22 @@ def _traceback_500() -> None:
         raw.get("max_tokens")  # the isinstance(raw, dict) guard is missing: a list body raises
         return original(body)
 
-    def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-        text = "".join(traceback.format_exception(exc))
-        return Response(text, status_code=500, media_type="text/plain")
+    def decode_and_remember(original: Callable[[bytes], InferenceRequest], body: bytes) -> InferenceRequest:
+        try:
+            return decode(original, body)
+        except Exception as exc:
+            if not isinstance(exc, ProblemException):
+                _tracebacks.append("".join(traceback.format_exception(exc)))
+            raise
 
-    _wrap_decode(decode)
-    worker_app.handle_unexpected = handle_unexpected  # type: ignore[assignment]
+    class TracebackText(BufferedRewriter):
+        def rewrite(self, status: int, headers: Headers, body: bytes) -> tuple[int, Headers, bytes]:
+            if status == 500 and _tracebacks:
+                return 500, set_header(headers, "content-type", "text/plain"), _tracebacks.pop().encode()
+            return status, headers, body
+
+    _wrap_decode(decode_and_remember)
+    return rewrite(is_submit, TracebackText)
 
 
 @defect(
@@ -436,8 +544,16 @@ def _oversized_body_accepted() -> None:
     "sse_url is `<job_id>/stream` without the leading path, so it resolves to /v1/<job_id>/stream (404)",
     caught_by=("DC-SUBMIT-010",),
 )
-def _sse_url_unresolvable() -> None:
-    worker_app.stream_path = lambda job_id: f"{job_id}/stream"
+def _sse_url_unresolvable() -> Middleware:
+    class Unresolvable(JSONRewriter):
+        def rewrite_json(self, status: int, headers: Headers, body: Any) -> tuple[int, Headers, Any]:
+            if isinstance(body, dict) and isinstance(body.get("sse_url"), str) and isinstance(body.get("job_id"), str):
+                body["sse_url"] = f"{body['job_id']}/stream"
+                if get_header(headers, "location") is not None:
+                    headers = set_header(headers, "location", body["sse_url"])
+            return status, headers, body
+
+    return rewrite(lambda scope: is_submit(scope) or bool(JOB_PATH.match(scope.get("path", ""))), Unresolvable)
 
 
 # -- DC-2 stream: headers and framing ---------------------------------------------------------------
@@ -549,11 +665,11 @@ def _splitlines_framing() -> None:
     caught_by=("DC-STREAM-003",),
 )
 def _bad_event_schema() -> None:
-    def emit_token(self: Job, text: str) -> None:
-        self.emit("token", {"i": self._token_events, "t": text})
-        self._token_events += 1
+    class Abbreviated(EventEncoder):
+        def token(self, event_id: int, index: int, text: str) -> bytes:
+            return self.event(event_id, "token", {"i": index, "t": text})
 
-    Job.emit_token = emit_token  # type: ignore[method-assign]
+    _encoder(Abbreviated())
 
 
 # -- DC-2 stream: event sequence --------------------------------------------------------------------
@@ -565,13 +681,19 @@ def _bad_event_schema() -> None:
     caught_by=("DC-STREAM-004",),
 )
 def _no_started_event() -> None:
-    emit = Job.emit
+    class WithoutStarted(EventEncoder):
+        """Writes nothing for started (always event 1), so every later event moves one id down."""
 
-    def emit_without_started(self: Job, event: str, payload: object) -> None:
-        if event != "started":
-            emit(self, event, payload)
+        def event(self, event_id: int, event: str, payload: object) -> bytes:
+            return b"" if event == "started" else super().event(event_id - 1, event, payload)
 
-    Job.emit = emit_without_started  # type: ignore[method-assign]
+        def token(self, event_id: int, index: int, text: str) -> bytes:
+            return super().token(event_id - 1, index, text)
+
+        def final(self, event_id: int, event: str, payload: object) -> bytes:
+            return super().final(event_id - 1, event, payload)
+
+    _encoder(WithoutStarted())
 
 
 @defect(
@@ -580,11 +702,11 @@ def _no_started_event() -> None:
     caught_by=("DC-STREAM-005",),
 )
 def _token_index_from_one() -> None:
-    def emit_token(self: Job, text: str) -> None:
-        self._token_events += 1
-        self.emit("token", TokenData(index=self._token_events, text=text))
+    class FromOne(EventEncoder):
+        def token(self, event_id: int, index: int, text: str) -> bytes:
+            return super().token(event_id, index + 1, text)
 
-    Job.emit_token = emit_token  # type: ignore[method-assign]
+    _encoder(FromOne())
 
 
 @defect(
@@ -593,12 +715,11 @@ def _token_index_from_one() -> None:
     caught_by=("DC-STREAM-006",),
 )
 def _two_end_events() -> None:
-    def emit(job: Job) -> None:
-        _emit_terminal(job)
-        _emit_terminal(job)
-        job._publish(worker_sse.DONE)
-
-    _replace_finish(emit)
+    _replace_final(
+        lambda encoder, event_id, event, payload: (
+            encoder.event(event_id, event, payload) + encoder.event(event_id + 1, event, payload) + worker_sse.DONE
+        )
+    )
 
 
 @defect(
@@ -607,7 +728,7 @@ def _two_end_events() -> None:
     caught_by=("DC-STREAM-006",),
 )
 def _missing_end() -> None:
-    _replace_finish(lambda job: job._publish(worker_sse.DONE))
+    _replace_final(lambda encoder, event_id, event, payload: worker_sse.DONE)
 
 
 @defect(
@@ -616,11 +737,12 @@ def _missing_end() -> None:
     caught_by=("DC-STREAM-006",),
 )
 def _end_tokens_out_zero() -> None:
-    def emit(job: Job) -> None:
-        _emit_terminal(job, tokens_out=0)
-        job._publish(worker_sse.DONE)
+    def final(encoder: EventEncoder, event_id: int, event: str, payload: object) -> bytes:
+        if isinstance(payload, EndData):
+            payload = EndData(tokens_out=0, stop_reason=payload.stop_reason)
+        return encoder.event(event_id, event, payload) + worker_sse.DONE
 
-    _replace_finish(emit)
+    _replace_final(final)
 
 
 @defect(
@@ -629,12 +751,11 @@ def _end_tokens_out_zero() -> None:
     caught_by=("DC-STREAM-006",),
 )
 def _late_token_after_end() -> None:
-    def emit(job: Job) -> None:
-        _emit_terminal(job)
-        job.emit_token(".")
-        job._publish(worker_sse.DONE)
+    def final(encoder: EventEncoder, event_id: int, event: str, payload: object) -> bytes:
+        late = encoder.token(event_id + 1, payload.tokens_out if isinstance(payload, EndData) else 0, ".")
+        return encoder.event(event_id, event, payload) + late + worker_sse.DONE
 
-    _replace_finish(emit)
+    _replace_final(final)
 
 
 @defect(
@@ -643,14 +764,12 @@ def _late_token_after_end() -> None:
     caught_by=("DC-STREAM-003", "DC-PARAM-001"),
 )
 def _openai_stop_reason() -> None:
-    def emit(job: Job) -> None:
-        if job.error is None and job.stop_reason == "max_tokens":
-            _emit_terminal(job, stop_reason="length")
-        else:
-            _emit_terminal(job)
-        job._publish(worker_sse.DONE)
+    def final(encoder: EventEncoder, event_id: int, event: str, payload: object) -> bytes:
+        if isinstance(payload, EndData) and payload.stop_reason == "max_tokens":
+            payload = {"tokens_out": payload.tokens_out, "stop_reason": "length"}
+        return encoder.event(event_id, event, payload) + worker_sse.DONE
 
-    _replace_finish(emit)
+    _replace_final(final)
 
 
 @defect(
@@ -659,7 +778,7 @@ def _openai_stop_reason() -> None:
     caught_by=("DC-STREAM-007",),
 )
 def _done_missing() -> None:
-    _replace_finish(_emit_terminal)
+    _replace_final(lambda encoder, event_id, event, payload: encoder.event(event_id, event, payload))
 
 
 @defect(
@@ -668,11 +787,7 @@ def _done_missing() -> None:
     caught_by=("DC-STREAM-006", "DC-STREAM-007"),
 )
 def _early_done() -> None:
-    def emit(job: Job) -> None:
-        job._publish(worker_sse.DONE)
-        _emit_terminal(job)
-
-    _replace_finish(emit)
+    _replace_final(lambda encoder, event_id, event, payload: worker_sse.DONE + encoder.event(event_id, event, payload))
 
 
 @defect(
@@ -717,15 +832,14 @@ async def _no_events() -> AsyncIterator[bytes]:
     caught_by=("DC-STREAM-009", "DC-JOB-003"),
 )
 def _empty_200_for_unknown_id() -> None:
-    open_stream = JobRegistry.open_stream
+    class Lenient(InProcessRegistry):
+        async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+            try:
+                return await super().open_stream(job_id, last_event_id)
+            except UnknownJob:
+                return _no_events()
 
-    def lenient(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
-        try:
-            return open_stream(self, job_id, last_event_id)
-        except UnknownJob:
-            return _no_events()
-
-    JobRegistry.open_stream = lenient  # type: ignore[method-assign]
+    _registry(Lenient)
 
 
 @defect(
@@ -736,24 +850,25 @@ def _empty_200_for_unknown_id() -> None:
 def _replay_splits_tokens() -> None:
     cursors: dict[str, int] = {}
 
-    async def follow(self: JobRegistry, job: Job, position: int) -> AsyncIterator[bytes]:
-        job.readers += 1
-        try:
-            while True:
-                cursor = cursors.get(job.id, 0)
-                if cursor < len(job.events):
-                    end = len(job.events)
-                    cursors[job.id] = end
-                    yield b"".join(job.events[cursor:end])
-                    continue
-                if job.finished:
-                    return
-                if not await job.wait_for_events(self.settings.keepalive_s):
-                    yield worker_sse.KEEPALIVE
-        finally:
-            job.readers -= 1
+    class SharedQueue(InProcessRegistry):
+        async def follow(self, job: Job, position: int) -> AsyncIterator[bytes]:
+            job.readers += 1
+            try:
+                while True:
+                    cursor = cursors.get(job.id, 0)
+                    if cursor < len(job.events):
+                        end = len(job.events)
+                        cursors[job.id] = end
+                        yield b"".join(job.events[cursor:end])
+                        continue
+                    if job.complete:
+                        return
+                    if not await job.wait_for_events(self.settings.keepalive_s):
+                        yield self.encoder.keepalive
+            finally:
+                job.readers -= 1
 
-    JobRegistry._follow = follow  # type: ignore[method-assign]
+    _registry(SharedQueue)
 
 
 @defect(
@@ -763,8 +878,11 @@ def _replay_splits_tokens() -> None:
     warned_by=("DC-STREAM-011",),
 )
 def _last_event_id_ignored() -> None:
-    open_stream = JobRegistry.open_stream
-    JobRegistry.open_stream = lambda self, job_id, last_event_id: open_stream(self, job_id, None)  # type: ignore[method-assign]
+    class FromTheStart(InProcessRegistry):
+        async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+            return await super().open_stream(job_id, None)
+
+    _registry(FromTheStart)
 
 
 @defect(
@@ -774,12 +892,11 @@ def _last_event_id_ignored() -> None:
     warned_by=("DC-STREAM-011",),
 )
 def _resume_off_by_one() -> None:
-    open_stream = JobRegistry.open_stream
+    class OneBack(InProcessRegistry):
+        async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+            return await super().open_stream(job_id, None if not last_event_id else last_event_id - 1)
 
-    def resume(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
-        return open_stream(self, job_id, None if not last_event_id else last_event_id - 1)
-
-    JobRegistry.open_stream = resume  # type: ignore[method-assign]
+    _registry(OneBack)
 
 
 # -- DC-2.13/2.14 generation parameters -------------------------------------------------------------
@@ -809,7 +926,13 @@ def _stop_ignored() -> None:
     caught_by=("DC-PARAM-003",),
 )
 def _nondeterministic_mock() -> None:
-    mock_engine._seed_for = lambda request: random.getrandbits(64)
+    class ClockSeeded(EngineWrapper):
+        def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+            # a seed material the request does not determine: every run samples a different text
+            salted = dataclasses.replace(request, prompt=f"{request.prompt}\x1f{random.getrandbits(64)}")
+            return self.inner.generate(salted)
+
+    _engine(ClockSeeded)
 
 
 # -- DC-3 job resource ------------------------------------------------------------------------------
@@ -866,13 +989,14 @@ def _unknown_job_200_status() -> Middleware:
     caught_by=("DC-JOB-002",),
 )
 def _cancel_ignored() -> None:
-    async def cancel(self: JobRegistry, job_id: str) -> Job:
-        job = self._jobs.pop(job_id, None)
-        if job is None:
-            raise UnknownJob(job_id)
-        return job
+    class ForgetOnly(InProcessRegistry):
+        async def cancel(self, job_id: str) -> Job:
+            job = self.jobs.pop(job_id, None)
+            if job is None:
+                raise UnknownJob(job_id)
+            return job
 
-    JobRegistry.cancel = cancel  # type: ignore[method-assign]
+    _registry(ForgetOnly)
 
 
 @defect(
@@ -881,10 +1005,12 @@ def _cancel_ignored() -> None:
     caught_by=("DC-JOB-002",),
 )
 def _cancel_ends_with_error() -> None:
-    def end_cancelled(self: JobRegistry, job: Job) -> None:
-        job.finish("failed", error=ErrorInfo(code="cancelled", message="the job was cancelled"))
+    def final(encoder: EventEncoder, event_id: int, event: str, payload: object) -> bytes:
+        if isinstance(payload, EndData) and payload.stop_reason == "cancelled":
+            event, payload = "error", ErrorInfo(code="cancelled", message="the job was cancelled")
+        return encoder.event(event_id, event, payload) + worker_sse.DONE
 
-    JobRegistry._end_cancelled = end_cancelled  # type: ignore[method-assign]
+    _replace_final(final)
 
 
 @defect(
@@ -893,14 +1019,14 @@ def _cancel_ends_with_error() -> None:
     caught_by=("DC-JOB-003",),
 )
 def _delete_keeps_job() -> None:
-    async def cancel(self: JobRegistry, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
-            await asyncio.wait([job.task], timeout=worker_registry.CANCEL_GRACE_S)
-        return job
+    class StopOnly(InProcessRegistry):
+        async def cancel(self, job_id: str) -> Job:
+            job = self.job(job_id)
+            if self.lifecycle.stop(job, Trigger.DELETE) and job.task is not None:
+                await asyncio.wait([job.task], timeout=5)
+            return job
 
-    JobRegistry.cancel = cancel  # type: ignore[method-assign]
+    _registry(StopOnly)
 
 
 @defect(
@@ -909,14 +1035,13 @@ def _delete_keeps_job() -> None:
     caught_by=("DC-JOB-004",),
 )
 def _delete_finished_404() -> None:
-    cancel = JobRegistry.cancel
+    class RunningOnly(InProcessRegistry):
+        async def cancel(self, job_id: str) -> Job:
+            if self.job(job_id).finished:
+                raise UnknownJob(job_id)
+            return await super().cancel(job_id)
 
-    async def strict_cancel(self: JobRegistry, job_id: str) -> Job:
-        if self.get(job_id).finished:
-            raise UnknownJob(job_id)
-        return await cancel(self, job_id)
-
-    JobRegistry.cancel = strict_cancel  # type: ignore[method-assign]
+    _registry(RunningOnly)
 
 
 @defect(
@@ -982,7 +1107,11 @@ def _405_without_allow() -> Middleware:
     caught_by=("DC-LIFE-001", "DC-LIFE-002"),
 )
 def _ttl_never_reclaims() -> None:
-    JobRegistry.sweep = lambda self, now=None: 0  # type: ignore[method-assign]
+    class NoSweep(InProcessRegistry):
+        def sweep(self, now: float | None = None) -> int:
+            return 0
+
+    _registry(NoSweep)
 
 
 @defect(
@@ -991,15 +1120,11 @@ def _ttl_never_reclaims() -> None:
     caught_by=("DC-LIFE-002",),
 )
 def _finished_jobs_dropped() -> None:
-    generate = JobRegistry._generate
+    class Forgetful(InProcessRegistry):
+        def task_done(self, job: Job) -> None:
+            self.jobs.pop(job.id, None)
 
-    async def generate_then_forget(self: JobRegistry, job: Job) -> None:
-        try:
-            await generate(self, job)
-        finally:
-            self._jobs.pop(job.id, None)
-
-    JobRegistry._generate = generate_then_forget  # type: ignore[method-assign]
+    _registry(Forgetful)
 
 
 #: set once a reader disconnects mid-stream (disconnect-kills-worker)
@@ -1012,21 +1137,17 @@ _wedge: dict[str, bool] = {"wedged": False}
     caught_by=("DC-LIFE-003",),
 )
 def _disconnect_kills_worker() -> Middleware:
-    health = mock_engine.MockEngine.health
-    generate = mock_engine.MockEngine.generate
+    class Wedging(EngineWrapper):
+        def health(self) -> EngineHealth:
+            return EngineHealth(ok=False, detail="engine wedged") if _wedge["wedged"] else self.inner.health()
 
-    def wedged_health(self: mock_engine.MockEngine) -> EngineHealth:
-        return EngineHealth(ok=False, detail="engine wedged") if _wedge["wedged"] else health(self)
+        async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+            async for chunk in self.inner.generate(request):
+                if _wedge["wedged"]:
+                    raise EngineError("the engine is wedged", code="wedged")
+                yield chunk
 
-    async def wedged_generate(self: mock_engine.MockEngine, request: GenerationRequest) -> AsyncIterator[Any]:
-        async for chunk in generate(self, request):
-            if _wedge["wedged"]:
-                raise EngineError("the engine is wedged", code="wedged")
-            yield chunk
-
-    mock_engine.MockEngine.health = wedged_health  # type: ignore[method-assign]
-    mock_engine.MockEngine.generate = wedged_generate  # type: ignore[method-assign]
-
+    _engine(Wedging)
     return _on_mid_stream_disconnect(lambda _scope: _wedge.update(wedged=True))
 
 
@@ -1064,31 +1185,25 @@ def _job_id_of(scope: Scope) -> str:
     caught_by=("DC-LIFE-003",),
 )
 def _disconnect_cancels_job() -> Middleware:
-    registries = _capture_registries()
+    registries: list[InProcessRegistry] = []
+
+    class Recorded(InProcessRegistry):
+        """The worker's registry, once the app has started it (the middleware acts on its jobs)."""
+
+        def start(self) -> None:
+            registries.append(self)
+            super().start()
 
     def cancel(scope: Scope) -> None:
         for registry in registries:
             try:
-                job = registry.get(_job_id_of(scope))
+                job = registry.job(_job_id_of(scope))
             except UnknownJob:
                 continue
-            if job.task is not None and not job.task.done():
-                job.task.cancel()
+            registry.lifecycle.stop(job, Trigger.DELETE)
 
+    _registry(Recorded)
     return _on_mid_stream_disconnect(cancel)
-
-
-def _capture_registries() -> list[JobRegistry]:
-    """The worker's registry, once the app has started it (for defects that act on jobs from middleware)."""
-    registries: list[JobRegistry] = []
-    start = JobRegistry.start
-
-    def recording_start(self: JobRegistry) -> None:
-        registries.append(self)
-        start(self)
-
-    JobRegistry.start = recording_start  # type: ignore[method-assign]
-    return registries
 
 
 #: set once a reader disconnects mid-stream (disconnect-stalls-generator)
@@ -1101,15 +1216,14 @@ _stall = asyncio.Event()
     caught_by=("DC-LIFE-003",),
 )
 def _disconnect_stalls_generator() -> Middleware:
-    generate = mock_engine.MockEngine.generate
+    class Stalling(EngineWrapper):
+        async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+            async for chunk in self.inner.generate(request):
+                if _stall.is_set():
+                    await asyncio.Event().wait()  # never set: the deadlock (keep-alives still flow)
+                yield chunk
 
-    async def stalling_generate(self: mock_engine.MockEngine, request: GenerationRequest) -> AsyncIterator[Any]:
-        async for chunk in generate(self, request):
-            if _stall.is_set():
-                await asyncio.Event().wait()  # never set: the deadlock (keep-alives still flow)
-            yield chunk
-
-    mock_engine.MockEngine.generate = stalling_generate  # type: ignore[method-assign]
+    _engine(Stalling)
     return _on_mid_stream_disconnect(lambda _scope: _stall.set())
 
 
@@ -1173,13 +1287,18 @@ def _no_metrics() -> Middleware:
     'errors are answered as application/json {"error": "..."} instead of problem+json',
     caught_by=("DC-SUBMIT-006", "DC-JOB-005", "DC-SVC-004"),
 )
-def _errors_not_problem_json() -> None:
-    def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-        return Response(
-            {"error": exc.detail}, status_code=exc.status_code, media_type="application/json", headers=exc.headers
-        )
+def _errors_not_problem_json() -> Middleware:
+    class PlainJSONErrors(BufferedRewriter):
+        """Every HTTP error the app answers (all but the unexpected 500) as {"error": detail}."""
 
-    worker_app.handle_http_exception = handle_http_exception  # type: ignore[assignment]
+        def rewrite(self, status: int, headers: Headers, body: bytes) -> tuple[int, Headers, bytes]:
+            content_type = get_header(headers, "content-type") or ""
+            if status == 500 or not content_type.startswith("application/problem+json"):
+                return status, headers, body
+            plain = json.dumps({"error": json.loads(body).get("detail")}).encode()
+            return status, set_header(headers, "content-type", "application/json"), plain
+
+    return rewrite(lambda scope: True, PlainJSONErrors)
 
 
 @defect(
@@ -1187,11 +1306,12 @@ def _errors_not_problem_json() -> None:
     "responses do not carry the Dualcall-Contract-Version header",
     caught_by=("DC-SVC-006",),
 )
-def _no_contract_header() -> None:
-    async def no_header(message: Any, scope: Any) -> None:
-        return None
+def _no_contract_header() -> Middleware:
+    class NoHeader(Rewriter):
+        def start(self, status: int, headers: Headers) -> tuple[int, Headers]:
+            return status, drop_header(headers, "dualcall-contract-version")
 
-    worker_app.add_contract_header = no_header
+    return rewrite(lambda scope: True, NoHeader)
 
 
 @defect(
@@ -1232,9 +1352,15 @@ def _contract_header_missing_on_errors() -> Middleware:
     worker_args=("--auth-token", AUTH_TOKEN),
     suite_token=AUTH_TOKEN,
 )
-def _auth_not_enforced_on_stream() -> None:
-    is_job_route = worker_app._is_job_route
-    worker_app._is_job_route = lambda path: is_job_route(path) and not path.endswith("/stream")  # type: ignore[assignment]
+def _auth_not_enforced_on_stream() -> Middleware:
+    class LetEveryoneIn(Rewriter):
+        """A stream request passes the bearer guard whatever it sends (as if the guard skipped the path)."""
+
+        def request(self, scope: Scope) -> Scope:
+            headers = set_header(list(scope["headers"]), "authorization", f"Bearer {AUTH_TOKEN}")
+            return {**scope, "headers": headers}
+
+    return rewrite(is_stream, LetEveryoneIn)
 
 
 __all__ = ["AUTH_TOKEN", "DEFECTS", "Defect"]
@@ -1250,14 +1376,14 @@ __all__ = ["AUTH_TOKEN", "DEFECTS", "Defect"]
     worker_args=("--concurrency", "2", "--queue-limit", "4"),
 )
 def _queue_unbounded() -> None:
-    def submit(self: JobRegistry, request: GenerationRequest) -> Job:
-        job = Job(id=worker_registry.new_job_id(), request=request)
-        self._jobs[job.id] = job
-        self._queued += 1
-        job.task = asyncio.get_running_loop().create_task(self._run(job))
-        return job
+    class Unbounded(InProcessRegistry):
+        async def submit(self, request: GenerationRequest) -> Job:
+            job = self.lifecycle.new_job(self.new_id(), request, Job)
+            self.jobs[job.id] = job
+            self.lifecycle.launch(job)
+            return job
 
-    JobRegistry.submit = submit  # type: ignore[method-assign]
+    _registry(Unbounded)
 
 
 @defect(
@@ -1291,7 +1417,10 @@ def _queue_full_500() -> Middleware:
     warned_by=("DC-STREAM-013",),
 )
 def _no_keepalive() -> None:
-    worker_sse.KEEPALIVE = b""  # type: ignore[misc]
+    class Silent(EventEncoder):
+        keepalive = b""
+
+    _encoder(Silent())
 
 
 # -- gaps closed by the second round (issue 8) --------------------------------------------------------
@@ -1303,18 +1432,17 @@ def _no_keepalive() -> None:
     caught_by=("DC-STREAM-012",),
 )
 def _resume_past_end_bare_done() -> None:
-    open_stream = JobRegistry.open_stream
-
     async def bare_done() -> AsyncIterator[bytes]:
         yield worker_sse.DONE
 
-    def lenient_open(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
-        final = self.get(job_id).final_event_id
-        if final is not None and last_event_id is not None and last_event_id > final:
-            return bare_done()
-        return open_stream(self, job_id, last_event_id)
+    class Lenient(InProcessRegistry):
+        async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+            final = self.job(job_id).final_event_id
+            if final is not None and last_event_id is not None and last_event_id > final:
+                return bare_done()
+            return await super().open_stream(job_id, last_event_id)
 
-    JobRegistry.open_stream = lenient_open  # type: ignore[method-assign]
+    _registry(Lenient)
 
 
 @defect(
@@ -1340,18 +1468,17 @@ def _delete_reports_running() -> Middleware:
     worker_args=("--token-delay-ms", "20"),
 )
 def _unattached_running_never_reclaimed() -> None:
-    sweep = JobRegistry.sweep
+    class FinishedOnly(InProcessRegistry):
+        def sweep(self, now: float | None = None) -> int:
+            running = {job_id: job for job_id, job in self.jobs.items() if not job.finished}
+            for job_id in running:
+                del self.jobs[job_id]
+            try:
+                return super().sweep(now)
+            finally:
+                self.jobs.update(running)
 
-    def finished_only(self: JobRegistry, now: float | None = None) -> int:
-        running = {job_id: job for job_id, job in self._jobs.items() if not job.finished}
-        for job_id in running:
-            del self._jobs[job_id]
-        try:
-            return sweep(self, now)
-        finally:
-            self._jobs.update(running)
-
-    JobRegistry.sweep = finished_only  # type: ignore[method-assign]
+    _registry(FinishedOnly)
 
 
 @defect(
@@ -1445,14 +1572,13 @@ def _no_store() -> Middleware:
 
 @variant("one-reader-409", "a second reader of a job that is being read gets 409 problem (DC-2.10)")
 def _one_reader_409() -> None:
-    open_stream = JobRegistry.open_stream
+    class Exclusive(InProcessRegistry):
+        async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+            if self.job(job_id).readers > 0:
+                raise ProblemException(409, "stream-in-use", "this job's stream already has a reader")
+            return await super().open_stream(job_id, last_event_id)
 
-    def exclusive(self: JobRegistry, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
-        if self.get(job_id).readers > 0:
-            raise ProblemException(409, "stream-in-use", "this job's stream already has a reader")
-        return open_stream(self, job_id, last_event_id)
-
-    JobRegistry.open_stream = exclusive  # type: ignore[method-assign]
+    _registry(Exclusive)
 
 
 #: where the other-stream-path variant serves streams

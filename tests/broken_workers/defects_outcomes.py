@@ -13,14 +13,13 @@ from typing import Any
 
 import msgspec
 
-import workers.app as worker_app
+from workers import requests as worker_requests
 from workers.config import WorkerSettings
-from workers.engines import mock as mock_engine
 from workers.engines.base import Chunk, GenerationRequest
 from workers.problems import ProblemException
 from workers.schemas import InferenceRequest
 
-from .defects import _wrap_decode, defect, variant
+from .defects import EngineWrapper, _engine, _map_generation, _wrap_decode, defect, variant
 
 #: the contract's largest max_tokens (openapi/dualcall.yaml)
 _CONTRACT_MAX_TOKENS = 4096
@@ -28,17 +27,17 @@ _CONTRACT_MAX_TOKENS = 4096
 
 def _fail_engine(fails: Callable[[GenerationRequest, int], bool]) -> None:
     """The mock engine raises an unexpected exception (the core's `internal_error`) once ``fails(request, tokens)``."""
-    original = mock_engine.MockEngine.generate
 
-    async def generate(self: mock_engine.MockEngine, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        produced = 0
-        async for chunk in original(self, request):
-            if fails(request, produced):
-                raise RuntimeError("planted engine bug")
-            produced += chunk.tokens
-            yield chunk
+    class Failing(EngineWrapper):
+        async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+            produced = 0
+            async for chunk in self.inner.generate(request):
+                if fails(request, produced):
+                    raise RuntimeError("planted engine bug")
+                produced += chunk.tokens
+                yield chunk
 
-    mock_engine.MockEngine.generate = generate  # type: ignore[method-assign]
+    _engine(Failing)
 
 
 def _rewrite_body(change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
@@ -154,7 +153,7 @@ def _large_seed_500() -> None:
     "max_tokens above the advertised max_tokens_cap (but within 4096) is rejected with 422 instead of clamped: DC-1.1",
 )
 def _rejects_max_tokens_above_cap() -> None:
-    original = worker_app._to_generation
+    original = worker_requests.to_generation
 
     def to_generation(body: InferenceRequest, settings: WorkerSettings) -> GenerationRequest:
         if body.max_tokens is not msgspec.UNSET and body.max_tokens > settings.max_tokens_cap:
@@ -165,4 +164,4 @@ def _rejects_max_tokens_above_cap() -> None:
             )
         return original(body, settings)
 
-    worker_app._to_generation = to_generation  # type: ignore[assignment]
+    _map_generation(to_generation)

@@ -4,8 +4,8 @@
     python tests/broken_workers/serve.py none          # the unmodified mock, same settings
     python tests/broken_workers/serve.py --list
 
-The defect is applied in THIS process (monkeypatches) before the app is built, and its
-middleware, if any, wraps the real app. Prints a banner with ``on http://127.0.0.1:PORT``.
+The defect is built through the app's seams (`workers.seams.Seams`, passed to `create_app`) and,
+for engine defects, a wrapper around the mock engine. Prints a banner with ``on http://127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -14,25 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broken_workers.defects import DEFECTS, VARIANTS
+from broken_workers.defects import DEFECTS, VARIANTS, Broken
 
 #: the name that serves the unmodified worker through the same code path
 BASELINE = "none"
-
-
-class _Wrapped:
-    """The middleware-wrapped ASGI app, keeping the Litestar app's ``state`` for `workers.server`."""
-
-    def __init__(self, asgi: Any, app: Any) -> None:
-        self._asgi = asgi
-        self.state = app.state
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self._asgi(scope, receive, send)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalogue = {**DEFECTS, **VARIANTS}
     if args.defect != BASELINE and args.defect not in catalogue:
         parser.error(f"unknown defect {args.defect!r}; see --list")
-    middleware = None if args.defect == BASELINE else catalogue[args.defect].apply()
+    broken = Broken() if args.defect == BASELINE else catalogue[args.defect].apply()
 
     from workers import server
     from workers.__main__ import settings_from_args
@@ -73,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.engines.mock import MockEngine
 
     settings = settings_from_args(args)
-    engine = MockEngine(token_delay_s=args.token_delay_ms / 1000, max_concurrency=args.concurrency)
-    app = create_app(engine, settings)
-    asgi: Any = app if middleware is None else _Wrapped(middleware(app), app)
+    mock = MockEngine(token_delay_s=args.token_delay_ms / 1000, max_concurrency=args.concurrency)
+    engine = mock if broken.engine is None else broken.engine(mock)
+    app = create_app(engine, settings, broken.seams)
     sock = server.bind(args.host, args.port)
     url = server.base_url(sock)
     banner = f"dualcall BROKEN mock worker (defect: {args.defect}) on {url} — job TTL {settings.job_ttl_s:g}s"
-    server.serve(asgi, sock, banner=banner, access_log=args.access_log)
+    server.serve(app, sock, banner=banner, access_log=args.access_log)
     return 0
 
 

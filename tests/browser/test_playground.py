@@ -24,7 +24,7 @@ from workers.web import STATIC_DIR
 
 pytestmark = pytest.mark.slow
 
-FINAL_STATES = ("done", "closed", "error")
+FINAL_STATES = ("done", "cancelled", "failed", "closed", "error")
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -152,7 +152,8 @@ def test_cancel_ends_the_stream(page: Any, proxy: CuttingProxy) -> None:
     submit_in_page(page, "cancel me", 2000)  # 30 s of tokens at 15 ms each
     page.wait_for_function("() => Number(document.getElementById('token-count').textContent) >= 3")
     page.click("#cancel")
-    assert wait_final(page) == "done"
+    assert wait_final(page) == "cancelled"  # the job did not complete: the page says so
+    assert field(page, "state") == "cancelled"
     assert "end: cancelled" in field(page, "outcome")
     assert int(field(page, "token-count")) < 2000
     deletes = [r for r in proxy.requests if r.method == "DELETE"]
@@ -165,7 +166,7 @@ def test_server_sent_error_event_is_not_a_connection_error(page: Any) -> None:
     with WorkerProcess("mock", "--fail-after", "3") as failing, CuttingProxy(httpx.URL(failing.url).port or 80) as via:
         page.goto(via.url + "/playground")
         submit_in_page(page, "fail soon", 20)
-        assert wait_final(page) == "done"
+        assert wait_final(page) == "failed"  # an `error` event is a failure (DC-C-7), never "done"
         assert field(page, "outcome").startswith("error: ")
         assert field(page, "reconnects") == "0"
         assert field(page, "token-count") == "3"

@@ -21,6 +21,11 @@ class BrokenCaller:
     scenarios: tuple[str, ...]
     caught_by: tuple[str, ...] = ()
     warned_by: tuple[str, ...] = ()
+    #: run as a command (``python -m callers.toy``), which the suite can stop; a thread cannot be stopped
+    as_command: bool = False
+    timeout_s: float = 15.0
+    #: words the failing check's findings must contain (the evidence names what went wrong)
+    evidence: str = ""
 
 
 CUTS = ("cut-mid-event", "cut-mid-utf8", "dead-stream")
@@ -90,6 +95,25 @@ BROKEN_CALLERS: tuple[BrokenCaller, ...] = (
         caught_by=("DC-CALLER-004",),
     ),
     BrokenCaller(
+        "never-gives-up",
+        "reconnects to a dead stream forever, as soon as its `retry:` field says (an EventSource left alone)",
+        Knobs(max_resumes=None, honour_retry_field=True),
+        ("dead-stream",),
+        caught_by=("DC-CALLER-004",),
+        as_command=True,
+        evidence="reconnects to a stream that never progressed: not bounded",
+    ),
+    BrokenCaller(
+        "never-gives-up-slowly",
+        "reconnects to a dead stream forever, 3 s apart (an EventSource's default delay, ignoring `retry:`)",
+        Knobs(max_resumes=None, reconnect_delay_s=3.0),
+        ("dead-stream",),
+        caught_by=("DC-CALLER-004",),
+        as_command=True,
+        timeout_s=8.0,
+        evidence="still reconnecting to a stream that never progressed after",
+    ),
+    BrokenCaller(
         "strips-tokens",
         "strips the whitespace of every token text",
         Knobs(strip_tokens=True),
@@ -154,9 +178,10 @@ BROKEN_CALLERS: tuple[BrokenCaller, ...] = (
     ),
     BrokenCaller(
         "impatient",
-        "gives up (and cancels) after 1 s without data",
-        Knobs(read_timeout_s=1.0, resume_on_timeout=False),
+        "gives up (and cancels) after 3 s without data, less than the keep-alive interval /health advertises",
+        Knobs(read_timeout_s=3.0, resume_on_timeout=False),
         ("slow-first-token",),
         warned_by=("DC-CALLER-011",),
+        evidence="within the keep-alive interval of 5s that /health advertised",
     ),
 )

@@ -7,6 +7,8 @@ installed pytest11 entry point (conformance.pytest_plugin), not from a conftest.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,12 @@ import jsonschema
 import pytest
 from junitparser import JUnitXml
 
+from callers.toy import ToyCaller
 from conformance.callers.arena import ArenaServer
+from conformance.callers.drive import CallerTarget, CommandCaller, run_callers, select
 from conformance.callers.grade import NOT_OBSERVED, build_report
 from conformance.callers.naive import call as naive_call
+from conformance.callers.record import CallerOutcome
 from conformance.callers.reference import sync_caller
 from conformance.callers.scenarios import SCENARIO_BY_NAME
 from conformance.cli import main
@@ -36,6 +41,8 @@ NAIVE = f"{sys.executable} -m conformance.callers.naive {{submit_url}} {{prompt}
         (["--scenarios", "nope", "--caller", "python {submit_url}"], "unknown scenario"),
         (["--timeout", "0"], "must be > 0"),
         (["--port", "x"], "not a port"),
+        (["--cors-origin", "127.0.0.1:5173"], "must be an origin"),
+        (["--cors-origin", "http://127.0.0.1:5173/app"], "must be an origin"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -106,3 +113,52 @@ def test_the_fixture_fails_a_broken_caller_with_the_rule(dualcall_caller) -> Non
         dualcall_caller.check(lambda target: naive_call(target.submit_url, target.prompt))
     assert "DC-CALLER-004 [DC-C-4 MUST]" in str(failure.value)
     assert "Last-Event-ID" in str(failure.value)
+
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def toy_command(monkeypatch: pytest.MonkeyPatch, **knobs: object) -> str:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    return f"{sys.executable} -m callers.toy {shlex.quote(json.dumps(knobs))} {{submit_url}} {{base_url}} {{prompt}}"
+
+
+def test_a_rule_passes_only_on_a_scenario_built_for_it(arena: ArenaServer) -> None:
+    """DC-C-5 kept where the text is easy (absolute-sse-url) says nothing about the cuts it is built for."""
+    easy = arena.arena.new_run(SCENARIO_BY_NAME["absolute-sse-url"])
+    text = ToyCaller()(CallerTarget("", easy.base_url, easy.submit_url, "hi"))
+    easy.outcome = CallerOutcome(succeeded=True, text=text)
+    hard = arena.arena.new_run(SCENARIO_BY_NAME["cut-mid-event"])
+    ToyCaller()(CallerTarget("", hard.base_url, hard.submit_url, "hi"))  # its result is not reported: wire only
+    for run in (easy, hard):
+        arena.settle(run)
+    verdicts = {result.id: result for result in build_report([easy, hard], target="toy").results}
+    reassembly = verdicts["DC-CALLER-005"]
+    assert reassembly.outcome == NOT_OBSERVED, reassembly.message
+    assert "[cut-mid-event]" in reassembly.message and "result is unknown" in reassembly.message
+    assert any("[absolute-sse-url] PASS" in detail for detail in reassembly.details)  # kept as detail, not as proof
+    assert verdicts["DC-CALLER-004"].outcome == "passed"  # the resume itself was seen on the wire
+    only_easy = {result.id: result for result in build_report([easy], target="toy").results}["DC-CALLER-005"]
+    assert only_easy.outcome == NOT_OBSERVED and "scenarios run: none of cut-mid-event" in only_easy.message
+
+
+def test_the_replay_names_the_scenario_that_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text lost in absolute-sse-url breaks DC-C-5 there; the replay runs that scenario, not DC-C-5's own."""
+    command = toy_command(monkeypatch, same_origin_only=True)
+    report = run_callers(
+        CommandCaller(command, timeout_s=15), scenarios=select(["absolute-sse-url", "cut-mid-event"]), jobs=2
+    )
+    text = next(result for result in report.results if result.id == "DC-CALLER-005")
+    assert text.outcome == "failed" and text.message.startswith("[absolute-sse-url]"), text.message
+    assert text.replay is not None and text.replay.endswith(" --scenarios absolute-sse-url"), text.replay
+
+
+@pytest.mark.parametrize(("require_all", "code"), [(False, 0), (True, 1)])
+def test_require_all_fails_a_run_that_left_must_rules_unverified(
+    capsys: pytest.CaptureFixture[str], require_all: bool, code: int
+) -> None:
+    reference = f"{sys.executable} -m conformance.callers.reference {{base_url}} {{prompt}}"
+    args = ["serve-callers", "--caller", reference, "--scenarios", "keepalive", *(["--require-all"] * require_all)]
+    assert main(args) == code
+    out = capsys.readouterr().out
+    assert "DC-C-4" in out and "not verified" in out

@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,8 +39,14 @@ class Knobs:
     send_last_event_id: bool = True
     #: take Last-Event-ID from the last id: line seen, even of an event cut in half
     id_from_partial_event: bool = False
-    #: reconnects without a new event before giving up
-    max_resumes: int = 3
+    #: reconnects without a new event before giving up; None: never give up
+    max_resumes: int | None = 3
+    #: pause before each reconnect (3 s is a standard EventSource's default)
+    reconnect_delay_s: float = 0.0
+    #: pause as the stream's `retry:` field says instead, as an EventSource does
+    honour_retry_field: bool = False
+    #: report a stream on another origin as blocked after reading it (a browser page without CORS)
+    same_origin_only: bool = False
     stop_on_204: bool = True
     error_is_failure: bool = True
     error_details: bool = True
@@ -71,6 +78,7 @@ class SSEReader:
         self._type = ""
         self._id: str | None = None
         self.id_line: str | None = None
+        self.retry_ms: int | None = None
         self._data_needs_space = data_needs_space
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
@@ -105,14 +113,18 @@ class SSEReader:
             self._type = value
         elif name == "data":
             self._data.append(value)
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
         return None
 
 
 class ToyCaller:
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.knobs = knobs or Knobs()
+        self._submit_url = ""
 
     def __call__(self, target: CallerTarget) -> str:
+        self._submit_url = target.submit_url
         timeout = httpx.Timeout(10.0, read=self.knobs.read_timeout_s)
         with httpx.Client(timeout=timeout) as http:
             answer, stream_url, status_url = self._submit(http, target)
@@ -159,6 +171,7 @@ class ToyCaller:
         finish: dict[str, Any] | None = None
         last_id: str | None = None
         idle_resumes = 0
+        retry_ms: int | None = None
         while True:
             headers = {"Last-Event-ID": last_id} if last_id is not None and knobs.send_last_event_id else {}
             progressed = done = no_content = False
@@ -189,6 +202,7 @@ class ToyCaller:
                 pass
             if knobs.id_from_partial_event and reader.id_line is not None:
                 last_id = reader.id_line
+            retry_ms = reader.retry_ms if reader.retry_ms is not None else retry_ms
             if done or (no_content and knobs.stop_on_204):
                 break
             if finish is not None and not knobs.resume:
@@ -196,10 +210,14 @@ class ToyCaller:
             if not knobs.resume:
                 raise CallFailed("the stream was cut")
             idle_resumes = 0 if progressed else idle_resumes + 1
-            if idle_resumes > knobs.max_resumes:
+            if knobs.max_resumes is not None and idle_resumes > knobs.max_resumes:
                 if finish is not None:
                     break
                 raise CallFailed(f"the stream made no progress in {idle_resumes} reconnects")
+            delay = retry_ms / 1000 if knobs.honour_retry_field and retry_ms is not None else knobs.reconnect_delay_s
+            time.sleep(delay)
+        if knobs.same_origin_only and httpx.URL(url).port != httpx.URL(self._submit_url).port:
+            raise CallFailed(f"the browser blocked the cross-origin stream {url} (no Access-Control-Allow-Origin)")
         return self._result(tokens, finish)
 
     def _event(self, event: Event, tokens: dict[int, str]) -> dict[str, Any] | None:
@@ -229,3 +247,22 @@ class ToyCaller:
                 raise CallFailed(f"generation failed: {finish['code']}: {finish['message']}")
             raise CallFailed("generation failed")
         return text
+
+
+def main(argv: list[str]) -> int:
+    """``python -m callers.toy KNOBS_JSON SUBMIT_URL BASE_URL PROMPT``: the toy as a command (the suite can kill it)."""
+    if len(argv) != 4:
+        print("usage: python -m callers.toy KNOBS_JSON SUBMIT_URL BASE_URL PROMPT", file=sys.stderr)
+        return 2
+    knobs, submit_url, base_url, prompt = argv
+    try:
+        text = ToyCaller(Knobs(**json.loads(knobs)))(CallerTarget("", base_url, submit_url, prompt))
+    except Exception as exc:  # the failure is the report
+        print(f"toy caller: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

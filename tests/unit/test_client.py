@@ -21,8 +21,10 @@ from conformance.client import (
     Backoff,
     Completion,
     DualCallClient,
+    DualCallError,
     End,
     ErrorEvent,
+    GenerationFailed,
     ProblemError,
     ProtocolError,
     Started,
@@ -466,12 +468,27 @@ def test_generate_reports_an_error_event(router: respx.MockRouter) -> None:
         + DONE
     )
     router.get(submission().sse_url).mock(return_value=sse_response(body))
-    with DualCallClient(BASE) as client:
-        completion = client.generate("Hello")
-    assert completion.text == "par"
-    assert completion.stop_reason is None
-    assert completion.tokens_out == 0
-    assert completion.error == ErrorEvent(3, "shutdown", "worker stopping")
+    delete = router.delete(f"{BASE}/v1/inference/{JOB}").mock(return_value=httpx.Response(204))
+    with DualCallClient(BASE) as client, pytest.raises(GenerationFailed) as caught:
+        client.generate("Hello")
+    failure = caught.value
+    assert isinstance(failure, DualCallError)
+    assert (failure.code, failure.message, failure.partial_text) == ("shutdown", "worker stopping", "par")
+    assert str(failure) == "generation failed: shutdown: worker stopping"
+    assert failure.error == failure.completion.error == ErrorEvent(3, "shutdown", "worker stopping")
+    assert failure.completion.stop_reason is None and failure.completion.tokens_out == 0
+    assert delete.call_count == 0  # the job ended: there is nothing to cancel
+
+
+@pytest.mark.asyncio
+async def test_async_generate_raises_on_an_error_event(router: respx.MockRouter) -> None:
+    router.post(POST_URL).mock(return_value=accepted())
+    body = frame(1, "started", {"job_id": JOB}) + frame(2, "error", {"code": "oom", "message": "out of memory"}) + DONE
+    router.get(submission().sse_url).mock(return_value=sse_response(body))
+    async with AsyncDualCallClient(BASE) as client:
+        with pytest.raises(GenerationFailed, match="oom: out of memory") as caught:
+            await client.generate("Hello")
+    assert caught.value.partial_text == ""
 
 
 def test_caller_owned_http_client_is_used_and_not_closed(router: respx.MockRouter) -> None:

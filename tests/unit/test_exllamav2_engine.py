@@ -928,10 +928,10 @@ async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.asyncio
 async def test_a_submit_the_exiting_thread_never_read_is_answered() -> None:
-    from workers.engines.exllamav2 import _Handle
+    from workers.engines.exllamav2 import JobHandle
 
     eng, _ = make_engine()
-    handle = _Handle(request=req(), loop=asyncio.get_running_loop(), ident=99)
+    handle = JobHandle(request=req(), loop=asyncio.get_running_loop(), ident=99)
     eng._commands.put(("submit", handle))
     eng._refuse_leftovers()  # what the generator thread runs on its way out
     item = await asyncio.wait_for(eng._next(handle), TIMEOUT)  # answered, not left waiting

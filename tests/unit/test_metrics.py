@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workers.config import WorkerSettings
 from workers.engines.mock import MockEngine
 from workers.metrics import JobMetrics, LatencyHistogram
-from workers.registry import JobRegistry
+from workers.registry.in_process import InProcessRegistry
 
 
 def samples(metrics: JobMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -31,8 +31,9 @@ def test_bucket_bounds_are_inclusive_and_cumulative() -> None:
 
 
 def test_fresh_registry_exposes_empty_histograms_and_counters() -> None:
-    registry = JobRegistry(MockEngine(), WorkerSettings())
-    found = samples(registry.metrics)
+    metrics = JobMetrics()
+    metrics.bind(InProcessRegistry(MockEngine(), WorkerSettings(), metrics))
+    found = samples(metrics)
     assert found[("dualcall_time_to_first_token_seconds_count", ())] == 0
     assert found[("dualcall_token_interval_seconds_bucket", (("le", "+Inf"),))] == 0
     assert found[("dualcall_jobs_submitted_total", ())] == 0
@@ -40,8 +41,8 @@ def test_fresh_registry_exposes_empty_histograms_and_counters() -> None:
 
 
 def test_timer_feeds_ttft_once_then_intervals_and_durations_by_state() -> None:
-    registry = JobRegistry(MockEngine(), WorkerSettings())
-    metrics = registry.metrics
+    metrics = JobMetrics()
+    metrics.bind(InProcessRegistry(MockEngine(), WorkerSettings(), metrics))
     timer = metrics.timer(submitted_mono=0.0)  # "submitted" long ago: TTFT lands in the +Inf bucket
     for _ in range(4):
         timer.token()
@@ -51,12 +52,8 @@ def test_timer_feeds_ttft_once_then_intervals_and_durations_by_state() -> None:
     assert found[("dualcall_token_interval_seconds_count", ())] == 3
     assert found[("dualcall_token_interval_seconds_bucket", (("le", "2.5"),))] == 3
 
-    class Finished:
-        state = "completed"
-
-    metrics.job_finished(Finished(), 10.0, 10.3)  # type: ignore[arg-type]
-    Finished.state = "failed"
-    metrics.job_finished(Finished(), 10.0, 12.0)  # type: ignore[arg-type]
+    metrics.job_finished("completed", 10.0, 10.3)
+    metrics.job_finished("failed", 10.0, 12.0)
     found = samples(metrics)
     assert found[("dualcall_stream_duration_seconds_bucket", (("le", "0.5"), ("state", "completed")))] == 1
     assert found[("dualcall_stream_duration_seconds_bucket", (("le", "1.0"), ("state", "failed")))] == 0

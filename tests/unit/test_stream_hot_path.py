@@ -13,7 +13,9 @@ from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
 from workers.engines.mock import VOCABULARY, MockEngine
-from workers.registry import Job, JobRegistry
+from workers.metrics import JobMetrics
+from workers.registry.in_process import InProcessRegistry, Job
+from workers.registry.lifecycle import EventKind
 from workers.schemas import TokenData
 
 TIMEOUT_S = 10
@@ -30,25 +32,27 @@ def test_token_encoding_is_the_generic_encoding(text: str) -> None:
 
 @pytest.mark.asyncio
 async def test_wait_for_events_times_out_and_wakes_on_publish() -> None:
-    job = Job(id="j" * 22, request=gen())
+    registry = InProcessRegistry(MockEngine(), WorkerSettings(), JobMetrics())
+    job = Job(id="j" * 22, request=gen(), created_at=0.0)
     assert await job.wait_for_events(0.01) is False
     waiting = asyncio.ensure_future(job.wait_for_events(TIMEOUT_S))
     await asyncio.sleep(0)
-    job.emit_token("a")
+    registry.append(job, 1, sse.encode_token(1, 0, "a"), EventKind.TOKEN)
     assert await waiting is True
 
 
 @pytest.mark.asyncio
 async def test_a_cancelled_waiter_does_not_disturb_the_others() -> None:
     """All readers share one future; cancelling one reader's task must not cancel the others."""
-    job = Job(id="j" * 22, request=gen())
+    registry = InProcessRegistry(MockEngine(), WorkerSettings(), JobMetrics())
+    job = Job(id="j" * 22, request=gen(), created_at=0.0)
     waiters = [asyncio.ensure_future(job.wait_for_events(TIMEOUT_S)) for _ in range(3)]
     await asyncio.sleep(0)
     waiters[0].cancel()
     await asyncio.sleep(0.01)
     assert waiters[0].cancelled()
     assert not waiters[1].done() and not waiters[2].done()
-    job.emit_token("a")
+    registry.append(job, 1, sse.encode_token(1, 0, "a"), EventKind.TOKEN)
     assert await asyncio.gather(waiters[1], waiters[2]) == [True, True]
 
 
@@ -82,13 +86,13 @@ class StallingEngine:
 
 @pytest.mark.asyncio
 async def test_keepalive_after_events_when_the_engine_stalls() -> None:
-    registry = JobRegistry(StallingEngine(0.3), WorkerSettings(keepalive_s=0.05))  # type: ignore[arg-type]
+    registry = InProcessRegistry(StallingEngine(0.3), WorkerSettings(keepalive_s=0.05), JobMetrics())  # type: ignore[arg-type]
     registry.start()
     try:
-        job = registry.submit(gen(4))
+        job = registry.submit_now(gen(4))
         blocks: list[bytes] = []
         async with asyncio.timeout(TIMEOUT_S):
-            async for block in registry.open_stream(job.id, None):
+            async for block in await registry.open_stream(job.id, None):
                 blocks.append(block)
     finally:
         await registry.close()
@@ -104,13 +108,13 @@ async def test_keepalive_after_events_when_the_engine_stalls() -> None:
 
 @pytest.mark.asyncio
 async def test_many_readers_of_a_live_job_get_identical_streams() -> None:
-    registry = JobRegistry(MockEngine(token_delay_s=0.001), WorkerSettings())
+    registry = InProcessRegistry(MockEngine(token_delay_s=0.001), WorkerSettings(), JobMetrics())
     registry.start()
     try:
-        job = registry.submit(gen(50))
+        job = registry.submit_now(gen(50))
 
         async def read() -> bytes:
-            return b"".join([block async for block in registry.open_stream(job.id, None)])
+            return b"".join([block async for block in await registry.open_stream(job.id, None)])
 
         async with asyncio.timeout(TIMEOUT_S):
             streams = await asyncio.gather(*(read() for _ in range(20)))
@@ -160,13 +164,13 @@ async def test_event_stream_response_sends_head_then_one_message_per_block() -> 
 
 @pytest.mark.asyncio
 async def test_event_stream_response_ends_quietly_when_the_client_leaves() -> None:
-    registry = JobRegistry(MockEngine(), WorkerSettings(queue_limit=4))
+    registry = InProcessRegistry(MockEngine(), WorkerSettings(queue_limit=4), JobMetrics())
     registry.start()
     try:
-        registry._slots = asyncio.Semaphore(0)  # every job stays queued: the stream is idle
-        job = registry.submit(gen())
+        registry.lifecycle.slots = asyncio.Semaphore(0)  # every job stays queued: the stream is idle
+        job = registry.submit_now(gen())
         server = FakeServer()
-        response = sse.EventStreamResponse(registry.open_stream(job.id, None), [])
+        response = sse.EventStreamResponse(await registry.open_stream(job.id, None), [])
         task = asyncio.ensure_future(response({}, server.receive, server.send))
         await asyncio.sleep(0.05)
         assert job.readers == 1

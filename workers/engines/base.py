@@ -4,6 +4,21 @@ Everything HTTP, SSE, lifecycle, limits, auth and metrics lives in the worker co
 (`workers.app`, `workers.registry`); an engine only turns a `GenerationRequest` into an
 async iterator of `Chunk`s and reports its health. Cancellation is the consumer closing the
 iterator (``aclose()`` / task cancellation): an engine releases its resources in ``finally``.
+
+What the core guarantees to every engine (`workers.generation`, DC-2.13):
+
+* ``max_tokens``: ``tokens_out`` is the sum of the chunks' ``tokens``, capped at ``max_tokens``;
+  the chunk that reaches it ends the job with ``stop_reason: max_tokens``;
+* ``stop``: the published text ends before the stop string completed first, wherever the
+  chunk boundaries fall (a tail that may grow into a stop string is held back); ``stop_reason: stop``;
+* ``stop_reason``: a chunk's own ``stop_reason`` ends the job with it; an iterator that simply
+  ends gives ``eos`` (``max_tokens`` when the budget was used up);
+* when the core ends a job (a limit, a stop string, DELETE, shutdown, TTL) it closes the iterator
+  with ``aclose()``, so the engine stops computing; nothing more is read from it.
+
+So an engine may stream text and nothing else. One that honours ``max_tokens`` and ``stop`` itself
+(the mock, exllamav2) may keep doing so: the result is the same. `EngineError` ends the job with an
+``error`` event carrying its code; any other exception ends it with ``internal_error``.
 """
 
 from __future__ import annotations
@@ -52,8 +67,8 @@ class Chunk:
     """One text delta of a completion.
 
     ``tokens`` is the number of model tokens this delta covers (a real tokenizer may hold back
-    incomplete UTF-8, so one chunk can cover several tokens, or zero text). An engine ends its
-    iterator after a chunk whose ``stop_reason`` is set; that chunk's text may be empty.
+    incomplete UTF-8, so one chunk can cover several tokens, or zero text). ``stop_reason`` is
+    optional: the core reads nothing after a chunk that sets it; that chunk's text may be empty.
     """
 
     text: str

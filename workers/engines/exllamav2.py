@@ -300,7 +300,7 @@ class _ExLlamaV2Backend:
 
 
 @dataclass(eq=False)
-class _Handle:
+class JobHandle:
     """One job as the bridge sees it: where its results go, and its generator job.
 
     ``items`` and ``waiter`` belong to the event loop (touched only in loop callbacks and in
@@ -317,7 +317,7 @@ class _Handle:
     stops: _StopFilter = field(default_factory=lambda: _StopFilter(()))
 
 
-_Outbox = list[tuple[_Handle, Chunk | BaseException]]
+_Outbox = list[tuple[JobHandle, Chunk | BaseException]]
 
 
 def _receive(batch: _Outbox) -> None:
@@ -331,8 +331,8 @@ def _receive(batch: _Outbox) -> None:
 
 @dataclass
 class _State:
-    live: dict[int, _Handle] = field(default_factory=dict)  # id(job) → handle
-    by_ident: dict[int, _Handle] = field(default_factory=dict)
+    live: dict[int, JobHandle] = field(default_factory=dict)  # id(job) → handle
+    by_ident: dict[int, JobHandle] = field(default_factory=dict)
 
 
 _SUBMIT, _CANCEL, _STOP = "submit", "cancel", "stop"
@@ -364,7 +364,7 @@ class ExLlamaV2Engine:
         self.max_tokens_limit: int | None = None
         self._factory = generator_factory
         self._backend: Any = None
-        self._commands: queue.SimpleQueue[tuple[str, _Handle | None]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[str, JobHandle | None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # submits and the generator thread's exit take this lock, so no job is submitted to a
         # thread that has already drained its command queue for the last time
@@ -434,7 +434,7 @@ class ExLlamaV2Engine:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         self._check_can_serve()
-        handle = _Handle(
+        handle = JobHandle(
             request=request,
             loop=asyncio.get_running_loop(),
             ident=next(self._ids),
@@ -462,7 +462,7 @@ class ExLlamaV2Engine:
                 self._commands.put((_CANCEL, handle))
 
     @staticmethod
-    async def _next(handle: _Handle) -> Chunk | BaseException:
+    async def _next(handle: JobHandle) -> Chunk | BaseException:
         # A plain future woken by `_receive`: no Task, no timer per token. Every submitted job is
         # answered: by its chunks, by `_fail_all` (a failed step, shutdown, the thread dying), or
         # by `_refuse_leftovers` (a submit the thread never read).
@@ -533,7 +533,7 @@ class ExLlamaV2Engine:
                 continue
             self._step()
 
-    def _submit(self, handle: _Handle) -> None:
+    def _submit(self, handle: JobHandle) -> None:
         if self._broken is not None:
             self._deliver(handle, EngineError(self._broken, code="engine_unavailable"))
             return
@@ -550,7 +550,7 @@ class ExLlamaV2Engine:
         self._state.live[id(job)] = handle
         self._state.by_ident[handle.ident] = handle
 
-    def _cancel(self, handle: _Handle) -> None:
+    def _cancel(self, handle: JobHandle) -> None:
         # Only jobs we still track and the generator still holds; a job that finished in the
         # meantime is the normal race and needs nothing.
         if self._state.by_ident.get(handle.ident) is not handle:
@@ -566,7 +566,7 @@ class ExLlamaV2Engine:
         except Exception:  # e.g. AssertionError for a job that finished meanwhile
             log.debug("cancel of a job the generator no longer holds", exc_info=True)
 
-    def _forget(self, handle: _Handle) -> None:
+    def _forget(self, handle: JobHandle) -> None:
         self._state.live.pop(id(handle.job), None)
         self._state.by_ident.pop(handle.ident, None)
 
@@ -667,7 +667,7 @@ class ExLlamaV2Engine:
         self._fail_all(EngineError("the worker is shutting down", code="shutdown"))
 
     @classmethod
-    def _deliver(cls, handle: _Handle, item: Chunk | BaseException) -> None:
+    def _deliver(cls, handle: JobHandle, item: Chunk | BaseException) -> None:
         cls._send([(handle, item)])
 
     # -- loading ------------------------------------------------------------------------------

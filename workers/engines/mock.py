@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from typing import Final
 
 from workers.engines.base import Chunk, EngineError, EngineHealth, GenerationRequest, StopReason
+from workers.generation import first_stop, held_back
 
 VOCABULARY: Final[tuple[str, ...]] = (
     " the",
@@ -91,17 +92,6 @@ def _weights(count: int, temperature: float) -> list[float]:
     return [math.exp(-exponent * math.log1p(rank)) for rank in range(count)]
 
 
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
 class MockEngine:
     name = "mock"
     model = _MOCK_MODEL
@@ -157,12 +147,12 @@ class MockEngine:
                 raise EngineError("simulated engine failure (--fail-after)", code="simulated_failure")
             pending += _next_token(rng, request)
             pending_tokens += 1
-            hits = [index for index in (pending.find(stop) for stop in request.stop) if index >= 0]
-            if hits:
-                pending = pending[: min(hits)]
+            cut = first_stop(pending, request.stop)
+            if cut >= 0:
+                pending = pending[:cut]
                 stop_reason = "stop"
                 break
-            keep = _held_back(pending, request.stop) if request.stop else 0
+            keep = held_back(pending, request.stop) if request.stop else 0
             ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
             if ready:
                 yield Chunk(ready, tokens=pending_tokens)

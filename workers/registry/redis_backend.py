@@ -15,7 +15,8 @@ may attach to any replica. Keys of one job (see docs/scaling.md for the whole pi
 Every append is a compare-and-set on the record's last event id ``n`` (and is refused once ``final``
 is set). So when a reader finds the heartbeat gone and writes ``error {code: worker_lost}`` on the
 dead owner's behalf, a stalled owner that wakes up again cannot add anything after it: its append
-is refused and it stops. The scripts are in `workers.registry_redis_scripts`.
+is refused and it stops. The scripts (`workers.registry.redis_scripts`) store; the lifecycle
+(`workers.registry.lifecycle`) decides what is written.
 
 Pool-wide, ``dualcall:queue`` (a sorted set scored by the owner's last heartbeat) counts the jobs
 that wait for a generation slot on any replica: "queue full" means ``queue_limit`` jobs wait in
@@ -27,13 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
 import socket
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,16 +41,38 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from workers import sse
 from workers.config import WorkerSettings
-from workers.engines.base import Engine, EngineError, GenerationRequest, StopReason
+from workers.engines.base import Engine, GenerationRequest
 from workers.metrics import JobMetrics
-from workers.problems import ProblemException
-from workers.registry import CANCEL_GRACE_S, FinalEventDelivered, JobRecord, QueueFull, UnknownJob, new_job_id
-from workers.registry_redis_scripts import APPEND, CANCEL, FORGET, OPEN, SUBMIT, TOUCH
-from workers.schemas import EndData, ErrorInfo, JobState, StartedData, TokenData
+from workers.registry.api import (
+    CANCEL_GRACE_S,
+    SYSTEM_CLOCK,
+    Clock,
+    FinalEventDelivered,
+    JobRecord,
+    LiveJob,
+    QueueFull,
+    RegistryUnavailable,
+    UnknownJob,
+    new_job_id,
+)
+from workers.registry.lifecycle import (
+    WORKER_LOST,
+    EventKind,
+    InvalidTransition,
+    Lifecycle,
+    StoreRefused,
+    StoreUnavailable,
+    Trigger,
+    advance,
+    final_event,
+    new_counters,
+)
+from workers.registry.redis_scripts import APPEND, CANCEL, FORGET, OPEN, SUBMIT, TOUCH
+from workers.schemas import ErrorInfo
+from workers.sse import SSE_ENCODER, EventEncoder
 
-log = logging.getLogger("workers.registry_redis")
+log = logging.getLogger("workers.registry.redis")
 
 #: seconds without a heartbeat after which a queued or running job counts as lost (``?lost_after_s=``)
 DEFAULT_LOST_AFTER_S: Final = 5.0
@@ -67,7 +88,6 @@ CANCEL_CHANNEL: Final = "dualcall:cancel"
 QUEUE_KEY: Final = "dualcall:queue"
 MIN_SERVER_MAJOR: Final = 5  # Redis Streams
 
-WORKER_LOST: Final = "worker_lost"
 REGISTRY_UNAVAILABLE: Final = "registry_unavailable"
 
 
@@ -117,43 +137,17 @@ async def check_registry(url: str) -> str:
     return f"Redis {version} at {redis_url}, jobs lost after {lost_after_s:g}s without a heartbeat"
 
 
-class JobLost(Exception):
-    """The job's record is gone or already final: it was reclaimed, deleted or declared lost elsewhere."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobSnapshot:
-    """A job as its Redis record describes it (status answers on any replica)."""
-
-    id: str
-    request: GenerationRequest
-    state: JobState
-    tokens_out: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    stop_reason: StopReason | None
-    error: ErrorInfo | None
-
-
 @dataclass(eq=False)
-class OwnedJob(JobRecord):
-    """A job generating (or waiting for a slot) on this replica."""
+class OwnedJob(LiveJob):
+    """A job generating (or waiting for a slot) on this replica, with its writer's queue."""
 
-    task: asyncio.Task[None] | None = None
-    #: "shutdown" ends readers with an error event; "reclaimed" publishes nothing (the record is gone)
-    cancel_reason: str = "cancelled"
     in_pool_queue: bool = False
-    entered: bool = False
-    finished: bool = False
-    next_event_id: int = 1
-    token_events: int = 0
     #: events encoded but not yet in Redis, and the record fields they update
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     pending_fields: dict[str, str] = field(default_factory=dict)
     final_queued: bool = False
     writer: asyncio.Task[None] | None = None
-    #: why the writer stopped: JobLost (the record refused the append) or a RedisError
+    #: why the writer stopped: `StoreRefused` (the record refused the append) or `StoreUnavailable`
     write_failure: Exception | None = None
 
 
@@ -167,9 +161,10 @@ def _float(meta: Mapping[Any, Any], name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def snapshot_from_meta(job_id: str, meta: Mapping[Any, Any]) -> JobSnapshot:
+def record_from_meta(job_id: str, meta: Mapping[Any, Any]) -> JobRecord:
+    """A job as its Redis record describes it (status answers on any replica)."""
     error = meta.get(b"error")
-    return JobSnapshot(
+    return JobRecord(
         id=job_id,
         request=msgspec.json.decode(meta[b"request"], type=GenerationRequest),
         state=(_text(meta, "state") or "queued"),  # type: ignore[arg-type]
@@ -197,20 +192,29 @@ def _ms(seconds: float) -> int:
 
 
 class RedisRegistry:
-    """`workers.registry_api.RegistryBackend` on Redis Streams; see the module docstring."""
+    """`workers.registry.api.RegistryBackend` on Redis Streams (see the module docstring); the lifecycle's store."""
 
-    def __init__(self, engine: Engine, settings: WorkerSettings, url: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: WorkerSettings,
+        metrics: JobMetrics,
+        url: str,
+        *,
+        encoder: EventEncoder = SSE_ENCODER,
+        clock: Clock = SYSTEM_CLOCK,
+        new_id: Callable[[], str] = new_job_id,
+    ) -> None:
         redis_url, self.lost_after_s = parse_registry_url(url)
         self.engine = engine
         self.settings = settings
+        self.metrics = metrics
+        self.encoder = encoder
+        self.clock = clock
+        self.new_id = new_id
         self.redis = aioredis.Redis.from_url(redis_url)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.heartbeat_s = self.lost_after_s / 4
-        self._local: dict[str, OwnedJob] = {}
-        self._slots = asyncio.Semaphore(1)
-        self._queued = 0
-        self._running = 0
-        self._closing = False
         self._background: set[asyncio.Task[None]] = set()
         self._submit = self.redis.register_script(SUBMIT)
         self._append_script = self.redis.register_script(APPEND)
@@ -218,94 +222,71 @@ class RedisRegistry:
         self._touch = self.redis.register_script(TOUCH)
         self._cancel = self.redis.register_script(CANCEL)
         self._forget = self.redis.register_script(FORGET)
-        self.counters: dict[str, int] = {
-            "jobs_submitted": 0,
-            "jobs_completed": 0,
-            "jobs_failed": 0,
-            "jobs_cancelled": 0,
-            "jobs_reclaimed": 0,
-            "jobs_rejected_queue_full": 0,
-            "stream_readers": 0,
-            "jobs_lost_declared": 0,
-        }
+        self.counters = new_counters("jobs_lost_declared")
         #: stream readers attached to this replica now
         self.open_readers = 0
-        #: counters and gauges of this replica; the latency histograms are the in-process registry's only
-        self.metrics = JobMetrics(self)
+        self.lifecycle = Lifecycle(engine, self, metrics=metrics, encoder=encoder, clock=clock, counters=self.counters)
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- the registry's life -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._slots = asyncio.Semaphore(max(1, self.engine.max_concurrency))
+        self.lifecycle.start()
         self._spawn(self._heartbeat_forever(), "dualcall-heartbeat")
         self._spawn(self._listen_for_cancels(), "dualcall-cancel-listener")
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def begin_shutdown(self) -> None:
-        self._closing = True
-        for job in list(self._local.values()):
-            if job.task is not None and not job.task.done():
-                job.cancel_reason = "shutdown"
-                job.task.cancel()
+        self.lifecycle.begin_shutdown()
 
     async def close(self) -> None:
-        self.begin_shutdown()
-        jobs = [job.task for job in self._local.values() if job.task is not None]
-        if jobs:
-            await asyncio.wait(jobs, timeout=CANCEL_GRACE_S)
+        await self.lifecycle.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=CANCEL_GRACE_S)
-        self._local.clear()
         await self.redis.aclose()
 
     # -- gauges (this replica) ---------------------------------------------------------------
 
     @property
     def active(self) -> int:
-        return self._running
+        return self.lifecycle.running
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return self.lifecycle.queued
 
     def __len__(self) -> int:
-        return len(self._local)
+        return len(self.lifecycle.jobs())
 
     @contextlib.contextmanager
-    def _answer_503_without_redis(self) -> Iterator[None]:
-        """A request that needs Redis while it is unreachable gets a 503 problem, not a 500."""
+    def _unavailable_without_redis(self) -> Iterator[None]:
+        """A request that needs Redis while it is unreachable fails with `RegistryUnavailable`."""
         try:
             yield
         except RedisError as exc:
             log.warning("registry unreachable: %s", exc)
-            raise ProblemException(
-                503,
-                "registry-unavailable",
-                "The job registry (Redis) is unreachable; retry later.",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
+            raise RegistryUnavailable("the job registry (Redis) is unreachable") from None
 
     # -- jobs ------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> OwnedJob:
-        if self._closing:
-            raise QueueFull("worker is shutting down")
-        must_queue = self._queued + self._running >= max(1, self.engine.max_concurrency)
-        job = OwnedJob(id=new_job_id(), request=request, in_pool_queue=must_queue)
-        self._queued += 1  # reserved before the await, so concurrent submits count it
+        lifecycle = self.lifecycle
+        must_queue = lifecycle.must_queue()
+        job = lifecycle.new_job(self.new_id(), request, OwnedJob)
+        job.in_pool_queue = must_queue
+        lifecycle.reserve()  # before the await, so concurrent submits count it
         try:
-            with self._answer_503_without_redis():
+            with self._unavailable_without_redis():
                 admitted = await self._submit(
                     keys=[QUEUE_KEY, meta_key(job.id), alive_key(job.id)],
                     args=[
                         job.id,
-                        _ms(time.time()),
+                        _ms(self.clock.wall()),
                         _ms(self.lost_after_s),
                         self.settings.queue_limit,
                         int(must_queue),
@@ -316,73 +297,67 @@ class RedisRegistry:
                     ],
                 )
         except BaseException:
-            self._queued -= 1
+            lifecycle.release()
             raise
         if not admitted:
-            self._queued -= 1
+            lifecycle.release()
             self.counters["jobs_rejected_queue_full"] += 1
             raise QueueFull(f"{self.settings.queue_limit} jobs already wait for a generation slot in the pool")
-        self._local[job.id] = job
-        self.counters["jobs_submitted"] += 1
-        job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"dualcall-job-{job.id}")
-        job.task.add_done_callback(functools.partial(self._task_done, job))
+        lifecycle.launch(job, reserved=True)
         return job
 
-    async def get(self, job_id: str) -> JobSnapshot:
-        with self._answer_503_without_redis():
+    async def get(self, job_id: str) -> JobRecord:
+        with self._unavailable_without_redis():
             meta = await self.redis.hgetall(meta_key(job_id))
         if not meta or b"deleted" in meta:
             raise UnknownJob(job_id)
-        return snapshot_from_meta(job_id, meta)
+        return record_from_meta(job_id, meta)
 
-    async def cancel(self, job_id: str) -> JobSnapshot:
+    async def cancel(self, job_id: str) -> JobRecord:
         """Mark the job deleted (404 from now on), stop its generation wherever it runs, answer its last state."""
-        with self._answer_503_without_redis():
+        with self._unavailable_without_redis():
             return await self._cancel_job(job_id)
 
-    async def _cancel_job(self, job_id: str) -> JobSnapshot:
+    async def _cancel_job(self, job_id: str) -> JobRecord:
         verdict = await self._cancel(keys=[meta_key(job_id), events_key(job_id)], args=[_ms(STREAM_GRACE_S)])
         if verdict is None:
             raise UnknownJob(job_id)
         if verdict == 0:
-            local = self._local.get(job_id)
-            if local is not None and local.task is not None:
-                local.task.cancel()
+            local = self.lifecycle.live(job_id)
+            if local is not None:
+                self.lifecycle.stop(local, Trigger.DELETE)
             else:
                 await self.redis.publish(CANCEL_CHANNEL, job_id)
             await self._await_final(job_id)
         meta = await self.redis.hgetall(meta_key(job_id))
         if not meta:
             raise UnknownJob(job_id)
-        return snapshot_from_meta(job_id, meta)
+        return record_from_meta(job_id, meta)
 
     async def _await_final(self, job_id: str) -> None:
         """Wait (bounded) for the owner's final event; end the job here if the owner is gone."""
-        deadline = time.monotonic() + CANCEL_GRACE_S
-        while time.monotonic() < deadline:
+        deadline = self.clock.mono() + CANCEL_GRACE_S
+        while self.clock.mono() < deadline:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(meta_key(job_id), ["final", "n", "tokens_out"])
+                pipe.hmget(meta_key(job_id), ["final", "n", "tokens_out", "state"])
                 pipe.exists(alive_key(job_id))
-                (final, last, tokens_out), alive = await pipe.execute()
+                (final, last, tokens_out, state), alive = await pipe.execute()
             if final is not None or last is None:
                 return
             if not alive:
-                payload = EndData(tokens_out=int(tokens_out or 0), stop_reason="cancelled")
-                fields = {"state": "cancelled", "stop_reason": "cancelled"}
-                await self._append_on_behalf(job_id, int(last) + 1, "end", payload, fields)
+                await self._end_on_behalf(job_id, int(last) + 1, state, int(tokens_out or 0), Trigger.DELETE)
                 continue
             await asyncio.sleep(CANCEL_POLL_S)
 
     async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
-        now = time.time()
-        with self._answer_503_without_redis():
+        with self._unavailable_without_redis():
             position = await self._open(
                 keys=[meta_key(job_id), events_key(job_id)],
                 args=[
                     last_event_id or 0,
                     _ms(self.lost_after_s + self.settings.job_ttl_s),
                     _ms(self.settings.job_ttl_s),
-                    _ms(now),
+                    _ms(self.clock.wall()),
                     _ms(STREAM_GRACE_S),
                 ],
             )
@@ -405,9 +380,10 @@ class RedisRegistry:
     async def _tail(self, job_id: str, position: int) -> AsyncIterator[bytes]:
         stream = events_key(job_id)
         block_ms = _ms(min(self.settings.keepalive_s, self.lost_after_s / 2))
-        last_sent = time.monotonic()
+        mono = self.clock.mono
+        last_sent = mono()
         while True:
-            if self._closing and job_id not in self._local:
+            if self.lifecycle.closing and self.lifecycle.live(job_id) is None:
                 # the job generates elsewhere: drop the connection (no [DONE]) so the client resumes
                 # with Last-Event-ID on another replica, instead of holding this one's shutdown
                 return
@@ -425,63 +401,74 @@ class RedisRegistry:
                 yield b"".join(blocks) if len(blocks) > 1 else blocks[0]
                 if b"f" in reply[-1][1]:
                     return
-                last_sent = time.monotonic()
+                last_sent = mono()
                 continue
             if verdict == "gone":
                 yield self._local_error(position, WORKER_LOST, "the job's record is gone from the registry")
                 return
-            if time.monotonic() - last_sent >= self.settings.keepalive_s:
-                yield sse.KEEPALIVE
-                last_sent = time.monotonic()
+            if mono() - last_sent >= self.settings.keepalive_s:
+                yield self.encoder.keepalive
+                last_sent = mono()
 
-    @staticmethod
-    def _local_error(position: int, code: str, message: str) -> bytes:
+    def _local_error(self, position: int, code: str, message: str) -> bytes:
         """An error event for this reader alone, when nothing can be written to the log."""
-        return sse.encode_event(position + 1, "error", ErrorInfo(code=code, message=message)) + sse.DONE
+        return self.encoder.final(position + 1, "error", ErrorInfo(code=code, message=message))
 
     async def _check_owner(self, job_id: str) -> str:
         """ "live", "gone" (no record, no log), or "declared" after ending a lost owner's job."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(meta_key(job_id), ["final", "n"])
+            pipe.hmget(meta_key(job_id), ["final", "n", "tokens_out", "state"])
             pipe.exists(alive_key(job_id))
             pipe.exists(events_key(job_id))
-            (final, last), alive, logged = await pipe.execute()
+            (final, last, tokens_out, state), alive, logged = await pipe.execute()
         if last is None:
             return "live" if logged else "gone"
         if final is not None or alive:
             return "live"
         message = f"the replica generating this job stopped sending heartbeats for {self.lost_after_s:g}s"
-        fields = {"state": "failed"}
-        if await self._append_on_behalf(
-            job_id, int(last) + 1, "error", ErrorInfo(code=WORKER_LOST, message=message), fields
-        ):
+        error = ErrorInfo(code=WORKER_LOST, message=message)
+        if await self._end_on_behalf(job_id, int(last) + 1, state, int(tokens_out or 0), Trigger.LOST, error=error):
             self.counters["jobs_lost_declared"] += 1
             log.warning("job %s: owner lost, ended with worker_lost", job_id)
         return "declared"
 
-    async def _append_on_behalf(
-        self, job_id: str, event_id: int, event: str, payload: object, fields: dict[str, str]
+    async def _end_on_behalf(
+        self,
+        job_id: str,
+        event_id: int,
+        state: bytes | None,
+        tokens_out: int,
+        trigger: Trigger,
+        *,
+        error: ErrorInfo | None = None,
     ) -> bool:
         """Write the final event of a job whose owner's heartbeat is gone; False if someone else wrote first."""
+        try:
+            ended = advance((state or b"queued").decode(), trigger)  # type: ignore[arg-type]
+        except InvalidTransition:
+            return False
+        assert ended is not None
+        name, payload = final_event(ended, trigger, tokens_out, None, error)
+        fields = {"state": ended, "finished_at": repr(self.clock.wall())}
         if isinstance(payload, ErrorInfo):
-            fields = {**fields, "error": msgspec.json.encode(payload).decode()}
-        block = sse.encode_event(event_id, event, payload) + sse.DONE
-        fields = {**fields, "finished_at": repr(time.time())}
+            fields["error"] = msgspec.json.encode(payload).decode()
+        else:
+            fields["stop_reason"] = payload.stop_reason
         written = await self._append_script(
             keys=[meta_key(job_id), events_key(job_id), alive_key(job_id)],
-            args=self._append_args([(event_id, block)], final=True, on_behalf=True, fields=fields),
+            args=self._append_args([(event_id, self.encoder.final(event_id, name, payload))], True, True, fields),
         )
         return bool(written == 1)
 
     def _append_args(
-        self, events: list[tuple[int, bytes]], *, final: bool, on_behalf: bool, fields: dict[str, str]
+        self, events: list[tuple[int, bytes]], final: bool, on_behalf: bool, fields: dict[str, str]
     ) -> list[Any]:
         args: list[Any] = [
             len(events),
             int(final),
             _ms(STREAM_GRACE_S),
             _ms(self.settings.job_ttl_s),
-            _ms(time.time()),
+            _ms(self.clock.wall()),
             int(on_behalf),
         ]
         for event_id, block in events:
@@ -490,29 +477,35 @@ class RedisRegistry:
             args += [name, value]
         return args
 
-    # -- generation (owner side) ---------------------------------------------------------------
+    # -- the lifecycle's store (owner side) --------------------------------------------------------
 
-    async def _append(self, job: OwnedJob, event: str, payload: object, fields: dict[str, str], final: bool) -> None:
-        """Queue an event for the job's writer; wait for it only at the end or when the writer lags.
+    def append(self, job: OwnedJob, event_id: int, block: bytes, kind: EventKind) -> bool:
+        """Queue a block for the job's writer; ask for a flush only at the end or when the writer lags.
 
         One writer task per job sends what has piled up as one script call, so a fast engine pays one
         round trip per batch, not per token; a slow engine's token still leaves at once.
         """
         if job.write_failure is not None:
             raise job.write_failure
-        block = sse.encode_event(job.next_event_id, event, payload)
-        if final:
-            block += sse.DONE
+        final = kind is EventKind.FINAL
+        if kind is EventKind.TOKEN:
+            job.pending_fields["tokens_out"] = str(job.tokens_out)
+        elif kind is EventKind.STARTED:
+            job.pending_fields.update(state="running", started_at=repr(job.started_at))
+        else:
+            fields = {"state": job.state, "finished_at": repr(job.finished_at), "tokens_out": str(job.tokens_out)}
+            if job.error is not None:
+                fields["error"] = msgspec.json.encode(job.error).decode()
+            if job.stop_reason is not None:
+                fields["stop_reason"] = job.stop_reason
+            job.pending_fields.update(fields)
             job.final_queued = True
-        job.pending.append((job.next_event_id, block))
-        job.pending_fields.update(fields)
-        job.next_event_id += 1
+        job.pending.append((event_id, block))
         if job.writer is None:
             job.writer = asyncio.get_running_loop().create_task(self._write(job), name=f"dualcall-write-{job.id}")
-        if final or len(job.pending) >= MAX_PENDING_EVENTS:
-            await self._written(job)
+        return final or len(job.pending) >= MAX_PENDING_EVENTS
 
-    async def _written(self, job: OwnedJob) -> None:
+    async def flush(self, job: OwnedJob) -> None:
         """Wait until the writer has sent everything queued; raise what stopped it."""
         while job.writer is not None:
             await asyncio.shield(job.writer)
@@ -526,135 +519,43 @@ class RedisRegistry:
                 fields, job.pending_fields = job.pending_fields, {}
                 written = await self._append_script(
                     keys=[meta_key(job.id), events_key(job.id), alive_key(job.id)],
-                    args=self._append_args(events, final=job.final_queued, on_behalf=False, fields=fields),
+                    args=self._append_args(events, job.final_queued, False, fields),
                 )
                 if written != 1:
-                    job.write_failure = JobLost(job.id)
+                    job.write_failure = StoreRefused(job.id)
                     break
         except RedisError as exc:
-            job.write_failure = exc
+            job.write_failure = StoreUnavailable(str(exc))
         finally:
             job.pending.clear()
             job.writer = None
 
-    async def _finish(
-        self, job: OwnedJob, state: JobState, *, stop_reason: StopReason | None = None, error: ErrorInfo | None = None
-    ) -> None:
-        if job.finished:
-            return
-        job.finished = True
-        job.state = state
-        job.stop_reason = stop_reason
-        job.error = error
-        job.finished_at = time.time()
-        fields = {"state": state, "finished_at": repr(job.finished_at), "tokens_out": str(job.tokens_out)}
-        if error is not None:
-            fields["error"] = msgspec.json.encode(error).decode()
-            await self._append(job, "error", error, fields, final=True)
-        else:
-            assert stop_reason is not None
-            fields["stop_reason"] = stop_reason
-            await self._append(job, "end", EndData(tokens_out=job.tokens_out, stop_reason=stop_reason), fields, True)
-
-    def _task_done(self, job: OwnedJob, task: asyncio.Task[None]) -> None:
-        """A task cancelled before its first step never enters `_run`: end the job from here."""
-        if task.cancelled() and not job.entered:
-            self._queued -= 1
-            self._local.pop(job.id, None)
-            self._spawn(self._end_cancelled(job), f"dualcall-cancel-{job.id}")
-
-    async def _run(self, job: OwnedJob) -> None:
-        job.entered = True
-        try:
-            async with self._slots:
-                self._queued -= 1
-                self._running += 1
-                job.state = "running"
-                try:
-                    await self._generate(job)
-                finally:
-                    self._running -= 1
-        except asyncio.CancelledError:
-            if job.state == "queued":
-                self._queued -= 1
-            await self._end_cancelled(job)
-            raise
-        except JobLost:
-            job.finished = True
-            if await self._forget_if_reclaimed(job):
-                self.counters["jobs_reclaimed"] += 1
-        except RedisError as exc:  # the log cannot grow: readers learn of it from the heartbeat, which stops
-            log.warning("job %s: stopped, the registry refused its events: %s", job.id, exc)
-            self.counters["jobs_failed"] += 1
-        except Exception:  # an engine bug: the reader gets an error event
-            log.exception("job %s: unexpected failure", job.id)
-            self.counters["jobs_failed"] += 1
-            with contextlib.suppress(RedisError, JobLost):
-                await self._finish(
-                    job, "failed", error=ErrorInfo(code="internal_error", message="the engine failed unexpectedly")
-                )
-        finally:
-            self._local.pop(job.id, None)
-            if job.in_pool_queue:
-                with contextlib.suppress(RedisError):
-                    await self.redis.zrem(QUEUE_KEY, job.id)
-
-    async def _generate(self, job: OwnedJob) -> None:
+    async def running(self, job: OwnedJob) -> None:
         if job.in_pool_queue:
             job.in_pool_queue = False
-            await self.redis.zrem(QUEUE_KEY, job.id)
-        job.started_at = time.time()
-        await self._append(
-            job, "started", StartedData(job_id=job.id), {"state": "running", "started_at": repr(job.started_at)}, False
-        )
-        stop_reason: StopReason | None = None
-        try:
-            async with contextlib.aclosing(self.engine.generate(job.request)) as chunks:
-                async for chunk in chunks:
-                    job.tokens_out += chunk.tokens
-                    if chunk.text:
-                        payload = TokenData(index=job.token_events, text=chunk.text)
-                        await self._append(job, "token", payload, {"tokens_out": str(job.tokens_out)}, False)
-                        job.token_events += 1
-                    if chunk.stop_reason is not None:
-                        stop_reason = chunk.stop_reason
-                        break
-        except EngineError as exc:
-            await self._finish(job, "failed", error=ErrorInfo(code=exc.code, message=exc.message))
-            self.counters["jobs_failed"] += 1
-            return
-        if stop_reason is None:
-            stop_reason = "max_tokens" if job.tokens_out >= job.request.max_tokens else "eos"
-        await self._finish(job, "completed", stop_reason=stop_reason)
-        self.counters["jobs_completed"] += 1
+            try:
+                await self.redis.zrem(QUEUE_KEY, job.id)
+            except RedisError as exc:
+                raise StoreUnavailable(str(exc)) from None
 
-    async def _forget_if_reclaimed(self, job: OwnedJob) -> bool:
-        """After a refused append: True (and the log dropped) when the TTL took the record, False when
-        another replica wrote the job's end (it declared this replica lost) and the log must stay."""
+    async def forget(self, job: OwnedJob) -> None:
+        """Drop the log and heartbeat when the TTL took the record; keep them when another replica wrote
+        the job's end (it declared this replica lost) and the log must stay."""
         try:
             forgotten = await self._forget(keys=[meta_key(job.id), events_key(job.id), alive_key(job.id)])
         except RedisError:
-            return False
-        return bool(forgotten == 1)
+            return
+        if forgotten == 1 and job.ending is not Trigger.TTL:  # the heartbeat counted the ones it found
+            self.counters["jobs_reclaimed"] += 1
 
-    async def _end_cancelled(self, job: OwnedJob) -> None:
-        if job.finished:
-            return
-        if job.cancel_reason == "reclaimed":
-            job.finished = True
-            await self._forget_if_reclaimed(job)
-            return
-        try:
-            if job.cancel_reason == "shutdown":
-                await self._finish(
-                    job, "failed", error=ErrorInfo(code="shutdown", message="the worker is shutting down")
-                )
-                self.counters["jobs_failed"] += 1
-            else:
-                await self._finish(job, "cancelled", stop_reason="cancelled")
-                self.counters["jobs_cancelled"] += 1
-        except (RedisError, JobLost) as exc:
-            log.warning("job %s: could not record the cancellation: %s", job.id, exc)
+    def task_done(self, job: OwnedJob) -> None:
+        if job.in_pool_queue:
+            job.in_pool_queue = False
+            self._spawn(self._leave_pool_queue(job.id), f"dualcall-dequeue-{job.id}")
+
+    async def _leave_pool_queue(self, job_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.zrem(QUEUE_KEY, job_id)
 
     # -- the owner's watch: heartbeats, cancel flags, reclaim ----------------------------------
 
@@ -675,10 +576,10 @@ class RedisRegistry:
 
     async def heartbeat(self) -> None:
         """Refresh the heartbeat of every job this replica holds; stop the cancelled and the reclaimed."""
-        jobs = [job for job in self._local.values() if not job.finished]
+        jobs = [job for job in self.lifecycle.jobs() if isinstance(job, OwnedJob) and not job.finished]
         if not jobs:
             return
-        now_ms = _ms(time.time())
+        now_ms = _ms(self.clock.wall())
         async with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
                 await self._touch(
@@ -696,12 +597,11 @@ class RedisRegistry:
                 )
             verdicts = await pipe.execute()
         for job, verdict in zip(jobs, verdicts, strict=True):
-            if verdict == b"ok" or job.task is None or job.task.done():
-                continue
             if verdict == b"gone":
-                job.cancel_reason = "reclaimed"
-                self.counters["jobs_reclaimed"] += 1
-            job.task.cancel()
+                if self.lifecycle.stop(job, Trigger.TTL):
+                    self.counters["jobs_reclaimed"] += 1
+            elif verdict == b"cancel":
+                self.lifecycle.stop(job, Trigger.DELETE)
 
     async def _listen_for_cancels(self) -> None:
         lost = False
@@ -715,9 +615,9 @@ class RedisRegistry:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        job = self._local.get(bytes(message["data"]).decode())
-                        if job is not None and job.task is not None and not job.task.done():
-                            job.task.cancel()
+                        job = self.lifecycle.live(bytes(message["data"]).decode())
+                        if job is not None:
+                            self.lifecycle.stop(job, Trigger.DELETE)
             except RedisError as exc:
                 if not lost:
                     log.warning("cancel channel lost (%s); the heartbeat's cancel flag covers the gap", exc)

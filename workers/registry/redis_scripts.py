@@ -1,6 +1,6 @@
-"""Lua scripts of the Redis registry (`workers.registry_redis`); each runs atomically on the server.
+"""Lua scripts of the Redis registry (`workers.registry.redis_backend`); each runs atomically on the server.
 
-Keys and fields are described in `workers.registry_redis` and docs/scaling.md.
+Keys and fields are described in `workers.registry.redis_backend` and docs/scaling.md.
 """
 
 from __future__ import annotations
