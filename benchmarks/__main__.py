@@ -15,7 +15,8 @@ shows the catalogue, ``benchmarks/catalogue.py`` says how a module adds one):
   generator's, against the same worker;
 * ``pool``: aggregate tokens/s and TTFT of one in-process worker, one on the Redis registry and
   two sharing it, with the two replicas' scaling efficiency;
-* ``redis``: the Redis registry against in-process, no HTTP: worker CPU and latency per token.
+* ``redis``: the Redis registry against in-process, no HTTP: worker CPU and latency per token;
+* ``gateway``: the gateway vs the same upstream streamed directly (``benchmarks/gateway.py``).
 
 Output: a Markdown table on stdout and in ``--out``/bench.md, JSON in bench.json, a plot in
 bench.png. Both files are rewritten as each scenario finishes, so a failing scenario loses only

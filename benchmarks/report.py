@@ -66,6 +66,27 @@ GOALS = (
     ),
     Goal("Redis registry: latency per token p50 over in-process", ("redis", "added_latency_p50_ms"), 0.3, False, " ms"),
     Goal("Redis registry, 1 replica: 16-token jobs/s / in-process", ("pool", "jobs_per_s_ratio"), 0.9, True, "×"),
+    Goal(
+        "gateway, 1 stream: tokens/s / direct",
+        ("gateway", "by_concurrency", "1", "tokens_per_s_ratio"),
+        0.95,
+        True,
+        "×",
+    ),
+    Goal(
+        "gateway, 16 streams: tokens/s / direct",
+        ("gateway", "by_concurrency", "16", "tokens_per_s_ratio"),
+        0.95,
+        True,
+        "×",
+    ),
+    Goal(
+        "gateway, 1 stream: TTFT p50 over direct",
+        ("gateway", "by_concurrency", "1", "ttft_p50_overhead_ms"),
+        1.0,
+        False,
+        " ms",
+    ),
 )
 
 _MEMORY_GOAL_KIB = 20.0
@@ -259,6 +280,8 @@ SECTIONS: dict[str, Line] = {
 
 #: top-level keys of the results that are not a scenario's section
 _NOT_SCENARIOS = frozenset(("meta", "failed", "runs", "client_busy_max", "soak"))
+#: scenarios whose module renders its own table
+_OWN_TABLES = frozenset(("gateway",))
 
 
 def goal_lines(results: dict[str, Any]) -> list[str]:
@@ -297,8 +320,12 @@ def markdown(results: dict[str, Any]) -> str:
         if name in results:
             lines += section(results)
     for name in results:
-        if name not in SECTIONS and name not in _NOT_SCENARIOS:
+        if name not in SECTIONS and name not in _NOT_SCENARIOS and name not in _OWN_TABLES:
             lines.append(f"| {name} | results in bench.json | – | – |")
+    if "gateway" in results:
+        from benchmarks import gateway
+
+        lines += ["", gateway.markdown(results["gateway"]).rstrip("\n")]
     goals = goal_lines(results)
     if goals:
         lines += ["", *goals]

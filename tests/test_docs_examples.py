@@ -472,7 +472,7 @@ def test_readme_lists_every_worker_option() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Workers") : readme.index("## Development")]
     documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section))
-    served = set().union(*(_options(name) for name in ("mock", "legacy", "exllamav2")))
+    served = set().union(*(_options(name) for name in ("mock", "legacy", "exllamav2", "gateway")))
     assert served - documented == set(), f"worker options missing from the README: {sorted(served - documented)}"
     assert documented - served == set(), f"README lists options the worker lacks: {sorted(documented - served)}"
 

@@ -1,4 +1,4 @@
-"""``python -m workers mock|legacy|exllamav2 [options]`` — run a worker locally."""
+"""``python -m workers mock|legacy|exllamav2|gateway [options]`` — run a worker locally."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="where jobs live: this process (default) or redis://host:port/db, shared by a pool (docs/scaling.md)",
     )
-    sub = parser.add_subparsers(dest="engine", required=True, metavar="{mock,legacy,exllamav2}")
+    sub = parser.add_subparsers(dest="engine", required=True, metavar="{mock,legacy,exllamav2,gateway}")
     mock = sub.add_parser("mock", parents=[common], help="deterministic mock engine (for orchestrator authors and CI)")
     mock.add_argument(
         "--token-delay-ms", type=_non_negative_float, default=0.0, help="delay per token (default: %(default)s)"
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     exl.add_argument(
         "--max-seq-len", type=_positive_int, default=2048, help="context length of the cache (default: %(default)s)"
     )
+    from workers.engines.upstream.cli import add_gateway_parser
+
+    add_gateway_parser(sub, [common], positive_float=_positive_float, positive_int=_positive_int)
     return parser
 
 
@@ -185,6 +188,10 @@ def _engine(args: argparse.Namespace) -> Engine:
             fail_prompt=args.fail_prompt,
             max_concurrency=args.concurrency,
         )
+    if args.engine == "gateway":
+        from workers.engines.upstream.cli import gateway_engine
+
+        return gateway_engine(args)
     from workers.engines.exllamav2 import ExLlamaV2Engine
 
     return ExLlamaV2Engine(args.model, max_seq_len=args.max_seq_len)

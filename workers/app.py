@@ -187,6 +187,15 @@ async def submit(request: Request[Any, Any, Any]) -> ASGIApp:
     seams = _seams(request)
     body = seams.decode_request(await request.body())
     registry = _registry(request)
+    engine_health = registry.engine.health()
+    if not engine_health.ok:
+        # refused now rather than accepted into a job that would fail for a reason known now
+        raise ProblemException(
+            503,
+            "engine-unavailable",
+            f"The engine cannot take jobs now ({engine_health.detail or 'unhealthy'}); retry later.",
+            headers={"Retry-After": str(registry.settings.retry_after_s)},
+        )
     try:
         job = await registry.submit(seams.to_generation(body, registry.settings))
     except RegistryUnavailable as exc:

@@ -4,7 +4,8 @@
 
 The checkpoint is for tests, not for reading: FP16 ``model.safetensors`` with HF Llama tensor
 names, ``config.json`` (``LlamaForCausalLM``), and a byte-level BPE ``tokenizer.json`` (vocab
-512, ``<unk>``=0, ``<s>``=1, ``</s>``=2) trained on ``workers/data/tinymodel_corpus.txt``.
+512, ``<unk>``=0, ``<s>``=1, ``</s>``=2) trained on ``workers/data/tinymodel_corpus.txt``, with a
+plain ``role: content`` chat template (so OpenAI-compatible servers serve chat completions).
 Needs only numpy, safetensors and tokenizers (``pip install 'dualcall[tinymodel]'``); the
 output is byte-identical for the same seed.
 """
@@ -25,6 +26,12 @@ CORPUS = Path(__file__).parent / "data" / "tinymodel_corpus.txt"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 MAX_POSITIONS = 2048
+#: a plain-text chat template: OpenAI-compatible servers (``transformers serve``) refuse chat
+#: completions for a tokenizer without one
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,7 @@ def build(out_dir: str | Path, *, size: str = "tiny", seed: int = 0, force: bool
             "added_tokens_decoder": added,
             "clean_up_tokenization_spaces": False,
             "model_max_length": MAX_POSITIONS,
+            "chat_template": CHAT_TEMPLATE,
             **special,
         },
     )

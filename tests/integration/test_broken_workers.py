@@ -62,7 +62,7 @@ class BrokenWorker(WorkerProcess):
     """`serve.py DEFECT` instead of `python -m workers mock`; same banner, health wait and stop."""
 
     def __init__(self, defect: str, *args: str) -> None:
-        super().__init__("mock", *args, start_timeout_s=30.0)
+        super().__init__("mock", *args, start_timeout_s=90.0)
         self.defect = defect
 
     @property

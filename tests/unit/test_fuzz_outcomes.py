@@ -48,7 +48,7 @@ def test_runtime_limit_codes_match_the_spec() -> None:
     assert (
         listed
         == runtime_limit_codes()
-        == {"context_length_exceeded", "shutdown", "worker_lost", "registry_unavailable"}
+        == {"context_length_exceeded", "shutdown", "worker_lost", "registry_unavailable", "upstream_error"}
     )
 
 

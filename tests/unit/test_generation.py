@@ -107,7 +107,7 @@ def test_chunks_without_text_count_tokens_and_keep_the_held_text() -> None:
 
 
 def test_the_stop_string_completed_first_ends_generation() -> None:
-    """"T" is complete at the third character, "STS" only at the fourth: generation ends at "T"."""
+    """ "T" is complete at the third character, "STS" only at the fourth: generation ends at "T"."""
     assert run([Chunk("SSTS")], stops=("T", "STS"))[:3] == ("SS", 1, "stop")
     assert run([Chunk(c) for c in "SSTS"], stops=("T", "STS"))[:3] == ("SS", 3, "stop")
     assert run([Chunk("abcd")], stops=("cd", "bcd"))[:3] == ("a", 1, "stop")

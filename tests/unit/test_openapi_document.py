@@ -134,8 +134,8 @@ def test_validator_rejects_a_broken_copy(doc: dict[str, Any]) -> None:
 def test_info_and_loader() -> None:
     doc = load_document()
     assert doc["info"]["title"] == "dualcall worker contract"
-    assert doc["info"]["version"] == "1.1.0"
-    assert contract_version() == "1.1.0"
+    assert doc["info"]["version"] == "1.2.0"
+    assert contract_version() == "1.2.0"
     assert DOCUMENT_PATH.is_file()
     assert SPEC_PATH.is_file()
     assert load_document() is doc  # cached

@@ -114,6 +114,8 @@ def test_tokenizer_config(tiny: Path) -> None:
     assert tc["bos_token"] == "<s>"
     assert tc["eos_token"] == "</s>"
     assert tc["added_tokens_decoder"]["2"]["content"] == "</s>"
+    # chat completions need a template; tests/upstream serves it with `transformers serve`
+    assert tc["chat_template"] == tinymodel.CHAT_TEMPLATE
     stm = json.loads((tiny / "special_tokens_map.json").read_text())
     assert stm == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     gen = json.loads((tiny / "generation_config.json").read_text())
