@@ -14,7 +14,16 @@ The client follows ``sse_url`` as a URL reference resolved against the POST URL 
 builds the stream path itself), resumes with ``Last-Event-ID`` after a dropped connection, and
 stops at ``[DONE]``. Reconnects wait with bounded exponential backoff and jitter; a submit
 answered ``503`` is retried a bounded number of times, after ``Retry-After`` when the worker
-sends one (the job was not created, so the retry cannot duplicate it).
+sends one (the job was not created, so the retry cannot duplicate it). A stream request answered
+``503`` is resumed after ``Retry-After`` the same way, and one a gateway answered ``502``/``504``
+(no replica reachable for a moment) after the backoff: a GET changes nothing.
+
+Every submit carries an ``Idempotency-Key`` (contract DC-1.9), one random key per job, the same on
+each retry of it. So a submit whose answer was lost (the connection dropped, a balancer answered
+``502``/``504``) is retried too: a worker that honours the key answers the job the first attempt
+created. A worker that does not honour it (it does not advertise ``idempotency_key`` in /health)
+may then create a second job, which expires unread; ``idempotency_keys=False`` sends no key and
+retries only ``503``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import functools
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +46,11 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
 SUBMIT_PATH: Final = "/v1/inference"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+#: statuses of a submit whose job may or may not exist: retried only with an idempotency key
+_AMBIGUOUS_STATUSES: Final = (502, 504)
+#: stream answers that mean "not now": the request is resumed later (a GET creates nothing)
+_RESUMABLE_STATUSES: Final = (502, 503, 504)
 DONE_DATA: Final = "[DONE]"
 DEFAULT_TIMEOUT_S: Final = 30.0
 #: characters of a non-problem error body kept in the exception
@@ -282,13 +297,51 @@ class Backoff:
 DEFAULT_BACKOFF: Final = Backoff()
 
 
-def _submit_wait(error: ProblemError, attempt: int, retries: int, backoff: Backoff, max_wait_s: float) -> float | None:
-    """Seconds to wait before retrying a submit that failed with ``error``, or None to give up."""
-    if error.status != 503 or attempt > retries:
+def _submit_wait(
+    error: ProblemError | httpx.TransportError,
+    attempt: int,
+    retries: int,
+    backoff: Backoff,
+    max_wait_s: float,
+    *,
+    keyed: bool = False,
+) -> float | None:
+    """Seconds to wait before retrying a submit that failed with ``error``, or None to give up.
+
+    ``503`` created no job (DC-1.6): always retried. A lost answer (a transport error, a
+    gateway's ``502``/``504``) may hide a created job: retried only when the submit carries an
+    idempotency key, whose retry answers that job (DC-1.10).
+    """
+    if attempt > retries:
+        return None
+    if isinstance(error, httpx.TransportError):
+        return backoff.delay(attempt) if keyed else None
+    if keyed and error.status in _AMBIGUOUS_STATUSES:
+        return backoff.delay(attempt)
+    if error.status != 503:
         return None
     if error.retry_after_s is None:
         return backoff.delay(attempt)
     return error.retry_after_s if error.retry_after_s <= max_wait_s else None
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one job's submit and its retries (DC-1.9): a random UUID."""
+    return str(uuid.uuid4())
+
+
+def _key_headers(key: str | None) -> dict[str, str]:
+    return {IDEMPOTENCY_HEADER: key} if key else {}
+
+
+def _stream_wait(response: httpx.Response, resumes: int, backoff: Backoff, max_wait_s: float) -> float:
+    """Seconds to wait before resuming a stream request answered 502/503/504; the problem if too long."""
+    wait = retry_after_seconds(response.headers)
+    if wait is None:
+        return backoff.delay(resumes)
+    if wait > max_wait_s:
+        raise _problem(response)
+    return wait
 
 
 def _body(prompt: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +364,11 @@ def _after_drop(resumes: int, max_resumes: int, dropped: BaseException | None) -
             f"stream ended before [DONE] {resumes} times without progress (last: {dropped or 'clean close'})"
         )
     return resumes
+
+
+async def _no_events() -> AsyncIterator[ServerSentEvent]:
+    return
+    yield  # an async generator that yields nothing
 
 
 def _status_body(response: httpx.Response) -> dict[str, Any]:
@@ -365,6 +423,7 @@ class DualCallClient:
         backoff: Backoff = DEFAULT_BACKOFF,
         submit_retries: int = 2,
         max_retry_after_s: float = 30.0,
+        idempotency_keys: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         http: httpx.Client | None = None,
     ) -> None:
@@ -373,6 +432,7 @@ class DualCallClient:
         self.backoff = backoff
         self.submit_retries = submit_retries
         self.max_retry_after_s = max_retry_after_s
+        self.idempotency_keys = idempotency_keys
         self._sleep = sleep
         self._http = http or httpx.Client(timeout=timeout, headers=_headers(token))
         self._owns_http = http is None
@@ -387,16 +447,20 @@ class DualCallClient:
         if self._owns_http:
             self._http.close()
 
-    def submit(self, prompt: str, **params: Any) -> Submission:
-        """POST the job; a 503 is retried up to ``submit_retries`` times (see module doc)."""
+    def submit(self, prompt: str, *, idempotency_key: str | None = None, **params: Any) -> Submission:
+        """POST the job; retried up to ``submit_retries`` times (see module doc)."""
         url = self.base_url + SUBMIT_PATH
+        key = idempotency_key or (new_idempotency_key() if self.idempotency_keys else None)
         attempt = 0
         while True:
             try:
-                return parse_submission(url, self._http.post(url, json=_body(prompt, params)))
-            except ProblemError as error:
+                response = self._http.post(url, json=_body(prompt, params), headers=_key_headers(key))
+                return parse_submission(url, response)
+            except (ProblemError, httpx.TransportError) as error:
                 attempt += 1
-                wait = _submit_wait(error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s)
+                wait = _submit_wait(
+                    error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s, keyed=key is not None
+                )
                 if wait is None:
                     raise
             self._sleep(wait)
@@ -407,15 +471,20 @@ class DualCallClient:
         while True:
             resumed_after = last_event_id
             headers = _resume_headers(last_event_id)
+            refused: httpx.Response | None = None
             try:
                 with connect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
                     if source.response.status_code == 204:
                         return
-                    if source.response.status_code != 200:
+                    if source.response.status_code in _RESUMABLE_STATUSES:  # busy, draining, gateway: later
+                        source.response.read()
+                        refused = source.response
+                    elif source.response.status_code != 200:
                         source.response.read()
                         raise _problem(source.response)
-                    _check_stream_type(source.response)
-                    for sse in source.iter_sse():
+                    else:
+                        _check_stream_type(source.response)
+                    for sse in () if refused is not None else source.iter_sse():
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
                         if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
@@ -433,7 +502,10 @@ class DualCallClient:
             if last_event_id != resumed_after:
                 resumes = 0  # progress: only reconnects that deliver nothing count against max_resumes
             resumes = _after_drop(resumes, self.max_resumes, dropped)
-            self._sleep(self.backoff.delay(resumes))
+            if refused is not None:
+                self._sleep(_stream_wait(refused, resumes, self.backoff, self.max_retry_after_s))
+            else:
+                self._sleep(self.backoff.delay(resumes))
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         """Submit, follow ``sse_url``, collect; GenerationFailed when the job ends with ``error``."""
@@ -487,6 +559,7 @@ class AsyncDualCallClient:
         backoff: Backoff = DEFAULT_BACKOFF,
         submit_retries: int = 2,
         max_retry_after_s: float = 30.0,
+        idempotency_keys: bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         http: httpx.AsyncClient | None = None,
     ) -> None:
@@ -495,6 +568,7 @@ class AsyncDualCallClient:
         self.backoff = backoff
         self.submit_retries = submit_retries
         self.max_retry_after_s = max_retry_after_s
+        self.idempotency_keys = idempotency_keys
         self._sleep = sleep
         self._http = http or httpx.AsyncClient(timeout=timeout, headers=_headers(token))
         self._owns_http = http is None
@@ -509,15 +583,19 @@ class AsyncDualCallClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def submit(self, prompt: str, **params: Any) -> Submission:
+    async def submit(self, prompt: str, *, idempotency_key: str | None = None, **params: Any) -> Submission:
         url = self.base_url + SUBMIT_PATH
+        key = idempotency_key or (new_idempotency_key() if self.idempotency_keys else None)
         attempt = 0
         while True:
             try:
-                return parse_submission(url, await self._http.post(url, json=_body(prompt, params)))
-            except ProblemError as error:
+                response = await self._http.post(url, json=_body(prompt, params), headers=_key_headers(key))
+                return parse_submission(url, response)
+            except (ProblemError, httpx.TransportError) as error:
                 attempt += 1
-                wait = _submit_wait(error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s)
+                wait = _submit_wait(
+                    error, attempt, self.submit_retries, self.backoff, self.max_retry_after_s, keyed=key is not None
+                )
                 if wait is None:
                     raise
             await self._sleep(wait)
@@ -527,15 +605,19 @@ class AsyncDualCallClient:
         while True:
             resumed_after = last_event_id
             headers = _resume_headers(last_event_id)
+            refused: httpx.Response | None = None
             try:
                 async with aconnect_sse(self._http, "GET", job.sse_url, headers=headers) as source:
                     if source.response.status_code == 204:
                         return
                     if source.response.status_code != 200:
                         await source.response.aread()
-                        raise _problem(source.response)
-                    _check_stream_type(source.response)
-                    stream = source.aiter_sse()
+                        if source.response.status_code not in _RESUMABLE_STATUSES:
+                            raise _problem(source.response)
+                        refused = source.response  # busy, draining, or a gateway without a replica: later
+                    else:
+                        _check_stream_type(source.response)
+                    stream = _no_events() if refused is not None else source.aiter_sse()
                     async for sse in stream:
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
@@ -555,7 +637,10 @@ class AsyncDualCallClient:
             if last_event_id != resumed_after:
                 resumes = 0  # progress: only reconnects that deliver nothing count against max_resumes
             resumes = _after_drop(resumes, self.max_resumes, dropped)
-            await self._sleep(self.backoff.delay(resumes))
+            if refused is not None:
+                await self._sleep(_stream_wait(refused, resumes, self.backoff, self.max_retry_after_s))
+            else:
+                await self._sleep(self.backoff.delay(resumes))
 
     async def generate(self, prompt: str, **params: Any) -> Completion:
         """Submit, follow ``sse_url``, collect; GenerationFailed when the job ends with ``error``."""

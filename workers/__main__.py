@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from workers import __version__
-from workers.config import WorkerSettings
+from workers.config import DEFAULT_MAX_OPEN_STREAMS, WorkerSettings
 from workers.engines.base import Engine, EngineUnavailable
 from workers.logs import LOG_FORMATS, log_config
 
@@ -108,7 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-timeout-s",
         type=_positive_float,
         default=5.0,
-        help="on SIGTERM/SIGINT, seconds open connections get to finish before they are closed (default: %(default)s)",
+        help="on SIGTERM/SIGINT, seconds running jobs get to finish while new ones are refused (the drain); "
+        "then what still runs ends with `shutdown` (default: %(default)s)",
+    )
+    net.add_argument(
+        "--send-timeout-s",
+        type=_positive_float,
+        default=30.0,
+        help="seconds a client may leave sent bytes unread before it is disconnected; a stalled stream reader "
+        "can resume later (default: %(default)s)",
     )
     core = common.add_argument_group("contract")
     core.add_argument("--ttl-s", type=_positive_float, default=60.0, help="job TTL in seconds (default: %(default)s)")
@@ -129,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     core.add_argument(
         "--max-body-bytes", type=_positive_int, default=1_048_576, help="largest request body (default: %(default)s)"
+    )
+    core.add_argument(
+        "--max-open-streams",
+        type=_positive_int,
+        default=1024,
+        help="event streams served at once; more are answered 503 with Retry-After (default: %(default)s)",
     )
     core.add_argument(
         "--auth-token",
@@ -208,6 +222,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=min(64, args.max_tokens_cap),
         registry_url=getattr(args, "registry", None),  # parsers that predate --registry lack it
+        max_open_streams=getattr(args, "max_open_streams", DEFAULT_MAX_OPEN_STREAMS),
         # getattr: other front ends (tests/broken_workers/serve.py) build their own parsers
         cors_origins=tuple(getattr(args, "cors_origin", None) or ()),
         docs_cdn=getattr(args, "docs_cdn", False),
@@ -247,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=args.access_log,
             log_config=logging_setup,
             shutdown_timeout_s=args.shutdown_timeout_s,
+            send_timeout_s=args.send_timeout_s,
         )
         return 0
     engine = _engine(args)
@@ -282,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=args.access_log,
         log_config=logging_setup,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        send_timeout_s=args.send_timeout_s,
     )
     return 0
 

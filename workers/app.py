@@ -19,7 +19,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Scope
 
 import openapi
-from workers import sse, web
+from workers import idempotency, sse, web
 from workers.config import WorkerSettings
 from workers.engines.base import Engine
 from workers.logs import bind_job
@@ -27,7 +27,9 @@ from workers.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from workers.metrics import JobMetrics
 from workers.problems import ProblemException, handle_http_exception, handle_unexpected
 from workers.registry import (
+    Draining,
     FinalEventDelivered,
+    IdempotencyKeyReused,
     JobRecord,
     QueueFull,
     RegistryBackend,
@@ -79,10 +81,17 @@ def _seams(request: Request[Any, Any, Any]) -> Seams:
     return seams
 
 
-def _registry_problem(exc: UnknownJob | RegistryUnavailable, settings: WorkerSettings) -> ProblemException:
+def _registry_problem(exc: UnknownJob | RegistryUnavailable | Draining, settings: WorkerSettings) -> ProblemException:
     """The HTTP answer to a registry error (the registry itself knows nothing of HTTP)."""
     if isinstance(exc, UnknownJob):
         return ProblemException(404, "unknown-job", exc.detail)
+    if isinstance(exc, Draining):
+        return ProblemException(
+            503,
+            "draining",
+            f"This worker is shutting down ({exc}); retry, and another replica will answer.",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
     return ProblemException(
         503,
         "registry-unavailable",
@@ -185,7 +194,8 @@ async def submit(request: Request[Any, Any, Any]) -> ASGIApp:
             f"Send the job as `Content-Type: application/json` (got `{media_type or 'none'}`).",
         )
     seams = _seams(request)
-    body = seams.decode_request(await request.body())
+    raw = await request.body()
+    body = seams.decode_request(raw)
     registry = _registry(request)
     engine_health = registry.engine.health()
     if not engine_health.ok:
@@ -197,9 +207,20 @@ async def submit(request: Request[Any, Any, Any]) -> ASGIApp:
             headers={"Retry-After": str(registry.settings.retry_after_s)},
         )
     try:
-        job = await registry.submit(seams.to_generation(body, registry.settings))
-    except RegistryUnavailable as exc:
+        keyed = idempotency.from_header(request.headers.get("idempotency-key"), raw)
+    except idempotency.MalformedKey as exc:
+        raise ProblemException(400, "invalid-idempotency-key", f"{exc} (DC-1.12).") from None
+    try:
+        job = await registry.submit(seams.to_generation(body, registry.settings), keyed)
+    except (RegistryUnavailable, Draining) as exc:
         raise _registry_problem(exc, registry.settings) from None
+    except IdempotencyKeyReused:
+        raise ProblemException(
+            422,
+            "idempotency-key-reused",
+            "This Idempotency-Key was already used for another request (a different body); "
+            "send a new key for a new request (DC-1.11).",
+        ) from None
     except QueueFull as exc:
         retry = str(registry.settings.retry_after_s)
         raise ProblemException(
@@ -224,9 +245,16 @@ async def stream(request: Request[Any, Any, Any], job_id: FromPath[str]) -> ASGI
     """Errors (401, 400, 404) are problem+json raised before the stream starts; the stream is raw ASGI."""
     last_event_id = _parse_last_event_id(request.headers.get("last-event-id"))
     registry = _registry(request)
+    if registry.open_readers >= registry.settings.max_open_streams:
+        raise ProblemException(
+            503,
+            "too-many-streams",
+            f"This worker serves {registry.settings.max_open_streams} streams already; resume later.",
+            headers={"Retry-After": str(registry.settings.retry_after_s)},
+        )
     try:
         events: AsyncIterator[bytes] = await registry.open_stream(job_id, last_event_id)
-    except (UnknownJob, RegistryUnavailable) as exc:
+    except (UnknownJob, RegistryUnavailable, Draining) as exc:
         raise _registry_problem(exc, registry.settings) from None
     except FinalEventDelivered:
         return Response(content=None, status_code=204)  # type: ignore[return-value]
@@ -265,8 +293,9 @@ async def job_options() -> Response[None]:
 async def health(request: Request[Any, Any, Any]) -> Response[Health]:
     registry = _registry(request)
     engine_health = registry.engine.health()
+    ok = engine_health.ok and not registry.draining  # a draining worker takes no new job: out of rotation
     body = Health(
-        status="ok" if engine_health.ok else "unavailable",
+        status="ok" if ok else "unavailable",
         engine=registry.engine.name,
         model=registry.engine.model,
         contract_version=openapi.contract_version(),
@@ -275,11 +304,12 @@ async def health(request: Request[Any, Any, Any]) -> Response[Health]:
         max_tokens_cap=registry.settings.max_tokens_cap,
         keepalive_s=registry.settings.keepalive_s,
         queue=QueueInfo(active=registry.active, queued=registry.queued, limit=registry.settings.queue_limit),
-        detail=engine_health.detail,
+        idempotency_key=True,
+        detail="draining: the worker is shutting down" if registry.draining else engine_health.detail,
     )
     content = msgspec.to_builtins(body)
     content.update(engine_health.extra)
-    return Response(content, status_code=200 if engine_health.ok else 503, headers={"Cache-Control": "no-store"})
+    return Response(content, status_code=200 if ok else 503, headers={"Cache-Control": "no-store"})
 
 
 @get("/metrics", media_type=METRICS_MEDIA_TYPE)

@@ -9,6 +9,9 @@ from typing import Final
 #: an origin as browsers send it: scheme://host[:port], no path, no trailing slash
 _ORIGIN: Final = re.compile(r"^https?://[^/?#\s@]+$")
 
+#: event streams one worker serves at once by default (`--max-open-streams`)
+DEFAULT_MAX_OPEN_STREAMS: Final = 1024
+
 #: URL schemes `--registry` accepts (redis-py's own)
 REGISTRY_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -31,6 +34,8 @@ class WorkerSettings:
     max_tokens_cap: int = 4096
     #: Retry-After seconds sent with 503 when the queue is full
     retry_after_s: int = 1
+    #: event streams served at once; more are answered 503 with Retry-After
+    max_open_streams: int = DEFAULT_MAX_OPEN_STREAMS
     #: where jobs live: None keeps them in this process; ``redis://host:port/db`` shares them with a pool
     registry_url: str | None = None
     #: browser origins allowed by CORS; empty (the default) sends no Access-Control-* header
@@ -47,6 +52,8 @@ class WorkerSettings:
             raise ValueError("keep-alive interval must be positive")
         if not 1 <= self.default_max_tokens <= self.max_tokens_cap:
             raise ValueError("default max_tokens must be between 1 and the cap")
+        if self.max_open_streams < 1:
+            raise ValueError("max open streams must be positive")
         if self.max_body_bytes < 1:
             raise ValueError("max body bytes must be positive")
         if self.auth_token is not None and not self.auth_token.strip():

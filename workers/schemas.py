@@ -72,6 +72,8 @@ class Health(msgspec.Struct, omit_defaults=True):
     max_tokens_cap: int
     keepalive_s: float
     queue: QueueInfo
+    #: submit honours Idempotency-Key (DC-1.9)
+    idempotency_key: bool = False
     detail: str = ""
 
 

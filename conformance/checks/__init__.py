@@ -11,6 +11,7 @@ def load_all() -> dict[str, Check]:
     """Import every check module (registration happens on import) and return the registry."""
     from conformance.checks import (  # noqa: F401
         fuzzing,
+        idempotency,
         jobs,
         legacy,
         lifetime,

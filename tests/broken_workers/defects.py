@@ -33,7 +33,7 @@ from workers.engines.base import Chunk, Engine, EngineError, EngineHealth, Gener
 from workers.engines.mock import MockEngine
 from workers.metrics import JobMetrics
 from workers.problems import ProblemException
-from workers.registry import Clock, UnknownJob, new_job_id
+from workers.registry import Clock, Idempotency, JobRecord, UnknownJob, new_job_id
 from workers.registry.in_process import InProcessRegistry, Job
 from workers.registry.lifecycle import Trigger
 from workers.schemas import EndData, ErrorInfo, InferenceRequest, TokenData
@@ -386,9 +386,9 @@ def _ids_too_long() -> None:
 )
 def _submit_waits_for_generation() -> None:
     class WaitingRegistry(InProcessRegistry):
-        async def submit(self, request: GenerationRequest) -> Job:
-            job = await super().submit(request)
-            if job.task is not None:
+        async def submit(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> JobRecord:
+            job = await super().submit(request, idempotency)
+            if isinstance(job, Job) and job.task is not None:
                 await asyncio.wait([job.task], timeout=30)
             return job
 
@@ -1377,7 +1377,7 @@ __all__ = ["AUTH_TOKEN", "DEFECTS", "Defect"]
 )
 def _queue_unbounded() -> None:
     class Unbounded(InProcessRegistry):
-        async def submit(self, request: GenerationRequest) -> Job:
+        async def submit(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> Job:
             job = self.lifecycle.new_job(self.new_id(), request, Job)
             self.jobs[job.id] = job
             self.lifecycle.launch(job)
@@ -1625,4 +1625,4 @@ def _other_stream_path() -> Middleware:
 
 # -- further catalogue modules (registered with `defect` above) ---------------------------------------------------
 
-from . import defects_outcomes, defects_robustness  # noqa: E402, F401
+from . import defects_idempotency, defects_outcomes, defects_robustness  # noqa: E402, F401

@@ -17,7 +17,10 @@ from workers.metrics import JobMetrics
 from workers.registry.api import (
     SYSTEM_CLOCK,
     Clock,
+    Draining,
     FinalEventDelivered,
+    Idempotency,
+    IdempotencyKeyReused,
     JobRecord,
     QueueFull,
     RegistryBackend,
@@ -30,7 +33,10 @@ from workers.sse import SSE_ENCODER, EventEncoder
 __all__ = [
     "SYSTEM_CLOCK",
     "Clock",
+    "Draining",
     "FinalEventDelivered",
+    "Idempotency",
+    "IdempotencyKeyReused",
     "JobRecord",
     "QueueFull",
     "RegistryBackend",

@@ -41,6 +41,22 @@ class QueueFull(RuntimeError):
     """Too many jobs wait for a generation slot (or the worker is shutting down)."""
 
 
+class Draining(QueueFull):
+    """The worker is shutting down (SIGTERM): it takes no new job or, in a pool, no new reader."""
+
+
+class IdempotencyKeyReused(ValueError):
+    """The submit's Idempotency-Key was taken by a submit with another body (DC-1.11)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A submit's Idempotency-Key (DC-1.9) and the fingerprint of its body (`workers.idempotency`)."""
+
+    key: str
+    fingerprint: str
+
+
 class FinalEventDelivered(Exception):
     """Resume asked for events after the final one: the stream has nothing left to send."""
 
@@ -136,7 +152,8 @@ class LiveJob(JobRecord):
 class RegistryBackend(CountedRegistry, Protocol):
     """The public surface of a job registry, as `workers.app` uses it.
 
-    Errors: `submit` raises `QueueFull`; `get`, `cancel` and `open_stream` raise `UnknownJob`;
+    Errors: `submit` raises `QueueFull` (`Draining` while draining) and `IdempotencyKeyReused`; `get`,
+    `cancel` and `open_stream` raise `UnknownJob` (`open_stream` also `Draining`, in a pool);
     `open_stream` raises `FinalEventDelivered` when ``last_event_id`` is at or past the final event
     (the route answers 204); any call that needs the store may raise `RegistryUnavailable`.
     """
@@ -149,12 +166,23 @@ class RegistryBackend(CountedRegistry, Protocol):
     def start(self) -> None:
         """Called on the running loop once the engine has started."""
 
+    @property
+    def draining(self) -> bool: ...
+
+    def begin_drain(self) -> None:
+        """Refuse new jobs (`Draining`); running ones go on. With Redis, also let go of every reader."""
+
+    async def drained(self) -> None:
+        """Return once no job of this process is queued or running."""
+
     def begin_shutdown(self) -> None:
         """Refuse new jobs and end this process's generations with a `shutdown` error event."""
 
     async def close(self) -> None: ...
 
-    async def submit(self, request: GenerationRequest) -> JobRecord: ...
+    async def submit(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> JobRecord:
+        """Admit a job; with ``idempotency``, a key seen within the TTL answers its first job instead
+        (raises `IdempotencyKeyReused` when that job's body differs)."""
 
     async def get(self, job_id: str) -> JobRecord: ...
 

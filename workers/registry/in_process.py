@@ -21,6 +21,9 @@ from workers.registry.api import (
     SYSTEM_CLOCK,
     Clock,
     FinalEventDelivered,
+    Idempotency,
+    IdempotencyKeyReused,
+    JobRecord,
     LiveJob,
     QueueFull,
     UnknownJob,
@@ -86,6 +89,9 @@ class InProcessRegistry:
         self.counters = new_counters()
         self.lifecycle = Lifecycle(engine, self, metrics=metrics, encoder=encoder, clock=clock, counters=self.counters)
         self.jobs: dict[str, Job] = {}
+        #: Idempotency-Key -> (job id, body fingerprint, monotonic expiry): kept for the job TTL
+        self.keys: dict[str, tuple[str, str, float]] = {}
+        self._readers = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- the registry's life -------------------------------------------------------------------
@@ -93,6 +99,17 @@ class InProcessRegistry:
     def start(self) -> None:
         self.lifecycle.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="dualcall-sweeper")
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def begin_drain(self) -> None:
+        """Refuse new jobs; running ones, and their readers, go on (a job cannot leave this process)."""
+        self.lifecycle.begin_drain()
+
+    async def drained(self) -> None:
+        await self.lifecycle.drained()
 
     def begin_shutdown(self) -> None:
         """End every open job with an ``error`` event so streams close cleanly."""
@@ -117,27 +134,43 @@ class InProcessRegistry:
 
     @property
     def open_readers(self) -> int:
-        """Stream readers attached now, to retained jobs."""
-        return sum(job.readers for job in self.jobs.values())
+        """Stream readers attached now."""
+        return self._readers
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     # -- the backend interface ---------------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest) -> Job:
-        return self.submit_now(request)
+    async def submit(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> JobRecord:
+        return self.submit_now(request, idempotency)
 
-    def submit_now(self, request: GenerationRequest) -> Job:
+    def submit_now(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> JobRecord:
         """`submit` without a coroutine (the in-process registry needs no I/O to admit a job)."""
         lifecycle = self.lifecycle
         job = lifecycle.new_job(self.new_id(), request, Job)
+        if idempotency is not None and (held := self._held(idempotency, request)) is not None:
+            return held
         if lifecycle.queued + lifecycle.running >= lifecycle.concurrency + self.settings.queue_limit:
             self.counters["jobs_rejected_queue_full"] += 1
             raise QueueFull(f"{self.settings.queue_limit} jobs already wait for a generation slot")
         self.jobs[job.id] = job
+        if idempotency is not None:
+            expiry = self.clock.mono() + self.settings.job_ttl_s
+            self.keys[idempotency.key] = (job.id, idempotency.fingerprint, expiry)
         lifecycle.launch(job)
         return job
+
+    def _held(self, idempotency: Idempotency, request: GenerationRequest) -> JobRecord | None:
+        """The job a live key answers (DC-1.10); raises `IdempotencyKeyReused` for another body (DC-1.11)."""
+        entry = self.keys.get(idempotency.key)
+        if entry is None or entry[2] <= self.clock.mono():
+            return None
+        job_id, fingerprint, _ = entry
+        if fingerprint != idempotency.fingerprint:
+            raise IdempotencyKeyReused(idempotency.key)
+        # a job deleted since keeps its id: its stream and status answer 404, as for the first caller
+        return self.jobs.get(job_id) or JobRecord(id=job_id, request=request, created_at=self.clock.wall())
 
     async def get(self, job_id: str) -> Job:
         return self.job(job_id)
@@ -193,6 +226,7 @@ class InProcessRegistry:
                 timer = loop.call_at(due, keepalive_due)
 
         job.readers += 1
+        self._readers += 1
         self.counters["stream_readers"] += 1
         try:
             while True:
@@ -215,6 +249,7 @@ class InProcessRegistry:
             if timer is not None:
                 timer.cancel()
             job.readers -= 1
+            self._readers -= 1
 
     # -- the lifecycle's store -------------------------------------------------------------------
 
@@ -260,4 +295,6 @@ class InProcessRegistry:
             self.lifecycle.stop(job, Trigger.TTL)
             self.counters["jobs_reclaimed"] += 1
             log.info("job reclaimed after its TTL (%gs)", ttl, extra={"job_id": job.id})
+        for key in [key for key, (_, _, expiry) in self.keys.items() if expiry <= now]:
+            del self.keys[key]
         return len(expired)

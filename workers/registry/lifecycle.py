@@ -33,7 +33,7 @@ from workers.engines.base import Engine, EngineError, GenerationRequest, StopRea
 from workers.generation import Generation
 from workers.logs import bind_job
 from workers.metrics import JobMetrics
-from workers.registry.api import CANCEL_GRACE_S, Clock, LiveJob, QueueFull
+from workers.registry.api import CANCEL_GRACE_S, Clock, Draining, LiveJob
 from workers.schemas import EndData, ErrorInfo, JobState, StartedData
 from workers.sse import EventEncoder
 
@@ -182,7 +182,11 @@ class Lifecycle:
         self.queued = 0
         self.running = 0
         self.closing = False
+        #: SIGTERM's first step: no new job; the running ones go on (`drained` waits for them)
+        self.draining = False
         self._live: dict[str, LiveJob] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def concurrency(self) -> int:
@@ -192,6 +196,7 @@ class Lifecycle:
         """(Re)start on the running loop: an app whose lifespan ended may be served again."""
         self.slots = asyncio.Semaphore(self.concurrency)
         self.closing = False
+        self.draining = False
 
     def jobs(self) -> list[LiveJob]:
         """The jobs whose task has not ended yet."""
@@ -205,8 +210,8 @@ class Lifecycle:
     def new_job(
         self, job_id: str, request: GenerationRequest, factory: Callable[..., J]
     ) -> J:  # factory: the backend's job class
-        if self.closing:
-            raise QueueFull("worker is shutting down")
+        if self.closing or self.draining:
+            raise Draining("the worker is shutting down")
         return factory(id=job_id, request=request, created_at=self.clock.wall(), created_mono=self.clock.mono())
 
     def must_queue(self) -> bool:
@@ -227,6 +232,7 @@ class Lifecycle:
             self.queued += 1
         self.counters["jobs_submitted"] += 1
         self._live[job.id] = job
+        self._idle.clear()
         job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"dualcall-job-{job.id}")
         job.task.add_done_callback(lambda _task: self._task_done(job))
         # sizes only: prompts and generated text never reach the log at INFO
@@ -248,6 +254,14 @@ class Lifecycle:
         job.task.cancel()
         return True
 
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def drained(self) -> None:
+        """Return once every job task of this process has ended."""
+        while self._live:
+            await self._idle.wait()
+
     def begin_shutdown(self) -> None:
         self.closing = True
         for job in self.jobs():
@@ -263,6 +277,8 @@ class Lifecycle:
 
     def _task_done(self, job: LiveJob) -> None:
         self._live.pop(job.id, None)
+        if not self._live:
+            self._idle.set()
         task = job.task
         if task is not None and task.cancelled() and not job.finished:
             # cancelled before its first step: `_run` never ran, so nobody else can end it

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -48,7 +49,10 @@ from workers.registry.api import (
     CANCEL_GRACE_S,
     SYSTEM_CLOCK,
     Clock,
+    Draining,
     FinalEventDelivered,
+    Idempotency,
+    IdempotencyKeyReused,
     JobRecord,
     LiveJob,
     QueueFull,
@@ -103,6 +107,11 @@ def events_key(job_id: str) -> str:
 
 def alive_key(job_id: str) -> str:
     return f"dualcall:alive:{job_id}"
+
+
+def idempotency_key(key: str) -> str:
+    """Hashed: a key is up to 255 characters of the client's choosing."""
+    return f"dualcall:idem:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def parse_registry_url(url: str) -> tuple[str, float]:
@@ -247,6 +256,18 @@ class RedisRegistry:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def begin_drain(self) -> None:
+        """Refuse new jobs and new readers (`Draining`); readers attached here let go (`_tail`) and
+        resume on another replica, while this replica's jobs go on generating into Redis."""
+        self.lifecycle.begin_drain()
+
+    async def drained(self) -> None:
+        await self.lifecycle.drained()
+
     def begin_shutdown(self) -> None:
         self.lifecycle.begin_shutdown()
 
@@ -282,16 +303,21 @@ class RedisRegistry:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest) -> OwnedJob:
+    async def submit(self, request: GenerationRequest, idempotency: Idempotency | None = None) -> JobRecord:
         lifecycle = self.lifecycle
         must_queue = lifecycle.must_queue()
         job = lifecycle.new_job(self.new_id(), request, OwnedJob)
         job.in_pool_queue = must_queue
         lifecycle.reserve()  # before the await, so concurrent submits count it
+        keys = [QUEUE_KEY, meta_key(job.id), alive_key(job.id)]
+        keyed: list[str] = []
+        if idempotency is not None:
+            keys.append(idempotency_key(idempotency.key))
+            keyed.append(idempotency.fingerprint)
         try:
             with self._unavailable_without_redis():
                 admitted = await self._submit(
-                    keys=[QUEUE_KEY, meta_key(job.id), alive_key(job.id)],
+                    keys=keys,
                     args=[
                         job.id,
                         _ms(self.clock.wall()),
@@ -302,11 +328,18 @@ class RedisRegistry:
                         self.owner,
                         msgspec.json.encode(request),
                         repr(job.created_at),
+                        *keyed,
                     ],
                 )
         except BaseException:
             lifecycle.release()
             raise
+        if isinstance(admitted, bytes):  # the key was held: its first job answers (DC-1.10, DC-1.11)
+            lifecycle.release()
+            held_id, _, held_fingerprint = admitted.decode().partition(" ")
+            if idempotency is None or held_fingerprint != idempotency.fingerprint:
+                raise IdempotencyKeyReused(idempotency.key if idempotency else "")
+            return JobRecord(id=held_id, request=request, created_at=job.created_at)
         if not admitted:
             lifecycle.release()
             self.counters["jobs_rejected_queue_full"] += 1
@@ -358,6 +391,8 @@ class RedisRegistry:
             await asyncio.sleep(CANCEL_POLL_S)
 
     async def open_stream(self, job_id: str, last_event_id: int | None) -> AsyncIterator[bytes]:
+        if self.lifecycle.draining:  # another replica serves the same log: send the reader there
+            raise Draining("this replica is shutting down; another one serves the stream")
         with self._unavailable_without_redis():
             position = await self._open(
                 keys=[meta_key(job_id), events_key(job_id)],
@@ -422,9 +457,9 @@ class RedisRegistry:
         mono = self.clock.mono
         last_sent = mono()
         while True:
-            if self.lifecycle.closing and self.lifecycle.live(job_id) is None:
-                # the job generates elsewhere: drop the connection (no [DONE]) so the client resumes
-                # with Last-Event-ID on another replica, instead of holding this one's shutdown
+            if self.lifecycle.draining or (self.lifecycle.closing and self.lifecycle.live(job_id) is None):
+                # drop the connection (no [DONE]) so the client resumes with Last-Event-ID on another
+                # replica, which tails the same log (this one's jobs go on generating while it drains)
                 return
             try:
                 reply = _entries(await self.redis.xread({stream: f"0-{position}"}, count=READ_BATCH, block=block_ms))

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from typing import Final
 
-# KEYS queue, meta, alive; ARGV id, now_ms, lost_ms, limit, must_queue, ttl_ms, owner, request, created_at
+# KEYS queue, meta, alive[, idem]; ARGV id, now_ms, lost_ms, limit, must_queue, ttl_ms, owner, request,
+# created_at[, fingerprint]. With an Idempotency-Key (KEYS[4]): a key already held answers its
+# "<job id> <fingerprint>" and admits nothing; an admitted job takes the key for the TTL.
 SUBMIT: Final = """
+if #KEYS >= 4 then
+  local held = redis.call('GET', KEYS[4])
+  if held then return held end
+end
 if ARGV[5] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
   if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
@@ -18,6 +24,7 @@ redis.call('HSET', KEYS[2], 'request', ARGV[8], 'created_at', ARGV[9], 'state', 
            'tokens_out', '0', 'n', '0', 'owner', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[3])
+if #KEYS >= 4 then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[10], 'PX', ARGV[6]) end
 return 1
 """
 
