@@ -264,6 +264,8 @@ class RedisRegistry:
         """Refuse new jobs and new readers (`Draining`); readers attached here let go (`_tail`) and
         resume on another replica, while this replica's jobs go on generating into Redis."""
         self.lifecycle.begin_drain()
+        for job in self.lifecycle.jobs():
+            job.wake_readers()  # a reader following a job of this replica sees the drain now (`_follow_here`)
 
     async def drained(self) -> None:
         await self.lifecycle.drained()
@@ -437,6 +439,8 @@ class RedisRegistry:
         """
         keepalive_s = self.settings.keepalive_s
         while True:
+            if self.lifecycle.draining:
+                return  # `_tail` lets the reader go, to resume on another replica
             written, position = job.written, cursor[0]
             end = len(written)
             if position < end:
