@@ -252,6 +252,10 @@ def suite(run: Pass) -> dict[str, Any]:
             report = run_suite(RunConfig(target=worker.url, fuzz=mode.suite_fuzz))
             seconds.append(time.perf_counter() - started)
             failed += [f"{result.id}: {result.message}" for result in report.results if result.outcome == "failed"]
+            # the suite's own errors are no verdict on the worker, but the timing of such a run is no figure either
+            failed += [
+                f"{result.id} (suite error): {result.message}" for result in report.results if result.outcome == "error"
+            ]
         run.step("suite")
     return {
         "fuzz": mode.suite_fuzz,

@@ -1,9 +1,10 @@
 """``dualcall-conformance URL`` / ``python -m conformance URL`` — gate a worker in CI.
 
 Exit codes: 0 every MUST check passed (and every SHOULD check with ``--level should``);
-1 a check failed (or, with ``--require-all``, a MUST check could not be verified);
-2 usage error, or a target the suite cannot test as given (no HTTP, not a worker's base URL,
-a bearer token needed).
+1 a check failed (or, with ``--require-all``, a MUST check could not be verified), or the target
+is not a dual-call worker; 2 usage error, or a target the suite cannot test as given (no HTTP,
+not a worker's base URL, a bearer token needed); 3 the suite itself broke (a bug in a check or
+its own broken installation: the report's traceback is for a bug report, not about the worker).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from conformance.contract import contract_version
 from conformance.probe import TargetUnusable
 from conformance.registry import AREAS
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_SUITE_ERROR = 0, 1, 3
 
 
 def _count(text: str) -> int:
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(POST /v1/inference -> 202 {job_id, sse_url}; GET sse_url -> SSE) and not the legacy direct-SSE shape."
         ),
         epilog=(
-            "Exit codes: 0 pass, 1 a check failed (or an unverified MUST rule with --require-all), "
-            "2 usage error or a target the suite cannot test as given. "
+            "Exit codes: 0 pass, 1 a check failed (or an unverified MUST rule with --require-all) or the "
+            "target is not a dual-call worker, 2 usage error or a target the suite cannot test as given, "
+            "3 the suite itself broke (a bug in the suite, not a finding about the worker). "
             "To grade a caller (an orchestrator) instead of a worker: dualcall-conformance serve-callers --help"
         ),
     )
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--ttl-budget); off by default, because what a worker's configuration hides is not evidence of a "
             "broken rule — every unverified MUST rule is listed either way"
         ),
+    )
+    parser.add_argument(
+        "--run-budget",
+        type=positive_number,
+        default=1800.0,
+        metavar="S",
+        help="the whole run's wall-clock bound: no check starts after it, none reads past it; the checks left "
+        "are unverified (default: 1800)",
     )
     parser.add_argument("--no-fuzz", action="store_true", help="skip schemathesis fuzzing")
     parser.add_argument(
@@ -178,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_examples=args.max_examples,
         seed=seed,
         require_all=args.require_all,
+        run_budget_s=args.run_budget,
     )
     selected = selected_checks(config)
     console.print(f"[bold]dualcall conformance[/] {__version__} — contract {contract_version()} — target {target}")
@@ -211,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, path in (("JSON", args.json), ("JUnit", args.junit), ("HTML", args.html)):
         if path:
             console.print(f"{label} report: {path}")
+    if report.suite_error:
+        return EXIT_SUITE_ERROR
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from conformance.client import SUBMIT_PATH, resolve, retry_after_seconds
-from conformance.model import Diagnosis
+from conformance.model import Diagnosis, Exchange
 from conformance.probe import Probe, StreamCapture
 from conformance.verdicts import CheckFailed, CheckUnverified
 
@@ -26,6 +26,8 @@ SUBMIT_RETRIES: Final = 3
 MAX_RETRY_AFTER_S: Final = 5.0
 #: a job id no worker hands out, for probing the job routes
 UNKNOWN_JOB_ID: Final = "dualcallUnknownJob0000000000"
+#: how far apart the suite looks at /health and the job again before calling a stalled worker stuck
+QUEUE_WATCH_INTERVAL_S: Final = 1.0
 #: tokens asked for in ordinary checks: enough to see framing, quick on a real GPU
 SHORT_MAX_TOKENS: Final = 24
 
@@ -52,6 +54,8 @@ class Job:
     status_url: str
     body: dict[str, Any]
     response: httpx.Response
+    #: the submission as report evidence
+    exchange: Exchange | None = None
 
 
 @dataclass
@@ -67,6 +71,8 @@ class Context:
     fuzz: FuzzSettings = field(default_factory=FuzzSettings)
     #: progress lines of long checks (the console shows them)
     on_progress: Callable[[str], None] | None = None
+    #: why the run stopped waiting for the worker: it stopped making progress (see `judge_stall`)
+    stuck: str | None = None
     #: the verdicts of the run's one fuzz run, once it ran (the fuzz checks share it)
     fuzz_verdicts: dict[str, FuzzVerdict] | None = None
 
@@ -116,6 +122,9 @@ class Context:
         A 503 (queue full, e.g. still draining an earlier check's jobs) is retried after its
         Retry-After, a few times, as a well-behaved client would.
         """
+        if self.stuck is not None:
+            # one defect, one failure: the check that saw the worker stop carries it
+            raise CheckUnverified(f"not run: {self.stuck}", "a worker that keeps making progress (see the failure)")
         body = body or self.body()
         response = self.probe.submit(body)
         for _ in range(SUBMIT_RETRIES):
@@ -147,6 +156,7 @@ class Context:
             status_url=resolve(self.probe.submit_url, status_ref),
             body=body,
             response=response,
+            exchange=self.probe.exchanges[-1] if self.probe.exchanges else None,
         )
 
     def resolve_status(self, response: httpx.Response) -> str:
@@ -189,39 +199,101 @@ class Context:
         return capture
 
     def judge_stall(self, job: Job, capture: StreamCapture) -> None:
-        """A read that saw no event for ``stall_s``: failed when the worker says the job is running.
+        """A read that saw no event for ``stall_s``: failed when the worker says it is healthy.
 
         A generator that deadlocked while /health still answers 200 is the failure DC-4.3 and
-        DC-5.1 exist for; a job that merely waits in a queue is not evidence of anything.
+        DC-5.1 exist for. Before judging, the suite watches /health's queue counters and the job's
+        state and token count for as long again as the stall. When nothing moves, the worker is
+        stuck: the check fails with that evidence and the rest of the run does not wait on it again
+        (`submit` answers unverified).
+        When something moves, a queued job merely waits behind other work (unverified), while a
+        running job that sent nothing is a stalled generator (failed).
         """
         if not capture.stalled:
             return
-        deadline, self.probe.deadline = self.probe.deadline, None  # two bounded requests, past the budget if need be
+        deadline, self.probe.deadline = self.probe.deadline, None  # a few bounded requests, past the budget if need be
         try:
-            health = self.probe.request("GET", self.base_url + "/health", auth=False)
-            status = self.probe.request("GET", job.status_url)
+            health, status = self._health_and_state(job)
+            state = _state(status)
+            moved = self._anything_moves(health, status, job)
         finally:
             self.probe.deadline = deadline
-        try:
-            state = status.json().get("state") if status.status_code == 200 else None
-        except (ValueError, AttributeError):
-            state = None
-        evidence = (
+        evidence = [
             f"after {len(capture.protocol_events)} events, no event for {self.probe.stall_s:g} s "
             f"(keep-alive comments: {len(capture.comments)})",
             f"/health answered {health.status_code}; the job's status answered {status.status_code}"
             + (f" with state {state!r}" if state else ""),
-        )
-        if state == "queued":
+        ]
+        shown = [exchange for exchange in (capture.exchange,) if exchange is not None]
+        if state == "queued" and moved:
             raise CheckUnverified(
-                f"the job stayed queued for {self.probe.stall_s:g} s, so its stream could not be read",
+                f"the job stayed queued for {self.probe.stall_s:g} s while the worker worked on other jobs, "
+                "so its stream could not be read",
                 "a worker that is not busy with other clients' jobs during the run",
+            )
+        if not moved:
+            queue = _queue(health)
+            evidence.append(
+                f"neither /health's queue counters ({queue}) nor the job's state or token count changed while the "
+                f"suite watched for {self.probe.stall_s:g} s more"
+                if queue is not None
+                else "the worker's /health advertises no queue counters, and the job's state and token count did not "
+                f"change while the suite watched for {self.probe.stall_s:g} s more"
+            )
+            self._declare_stuck(health, state, evidence)
+            raise CheckFailed(
+                f"nothing moves while /health says {health.status_code}: the job stayed {state or 'unreadable'} "
+                f"for {self.probe.stall_s:g} s with no event, and the queue did not move",
+                *evidence,
+                exchanges=shown,
+                timing=True,
             )
         raise CheckFailed(
             f"the stream stalled: no event for {self.probe.stall_s:g} s while /health said {health.status_code}"
             + (f" and the job was {state!r}" if state else ""),
             *evidence,
+            exchanges=shown,
+            timing=True,
         )
+
+    def _declare_stuck(self, health: httpx.Response, state: str | None, evidence: list[str]) -> None:
+        self.stuck = (
+            f"the worker stopped making progress: a job stayed {state or 'unreadable'} for {self.probe.stall_s:g} s "
+            f"and nothing moved, while /health answered {health.status_code}"
+        )
+        self.diagnoses.append(
+            Diagnosis(
+                name="worker stopped making progress",
+                summary=f"{self.stuck}. Checks after this point were not run (unverified), so that one "
+                "defect is reported once.",
+                observations=evidence,
+                fixes=[
+                    "Find what stops the engine from taking the next job (a reader that disconnected, "
+                    "a lock held by a cancelled generator); /health should not say ok while it is stuck.",
+                    "If other clients were using this worker during the run, run the gate against a dedicated worker.",
+                ],
+                explains_failures=False,
+            )
+        )
+
+    def _health_and_state(self, job: Job) -> tuple[httpx.Response, httpx.Response]:
+        health = self.probe.request("GET", self.base_url + "/health", auth=False)
+        return health, self.probe.request("GET", job.status_url)
+
+    def _anything_moves(self, first_health: httpx.Response, first_status: httpx.Response, job: Job) -> bool:
+        """Whether /health's queue counters, or the job's state or token count, change within a watch.
+
+        The watch is as long as the stall itself: a worker that is merely slow (a loaded machine, a
+        long job ahead in the queue) shows some movement in that time; a stuck one shows none.
+        """
+        before, progress = _queue(first_health), _progress(first_status)
+        watch_until = time.monotonic() + self.probe.stall_s
+        while time.monotonic() < watch_until:
+            time.sleep(QUEUE_WATCH_INTERVAL_S)
+            health, status = self._health_and_state(job)
+            if _progress(status) != progress or (before is not None and _queue(health) != before):
+                return True
+        return False
 
     def ttl(self) -> float:
         """The advertised job TTL when the suite may wait it out; unverified otherwise."""
@@ -247,6 +319,32 @@ class Context:
                 "a stream that delivers events (see DC-STREAM-001)",
             )
         return job, capture
+
+
+def _state(status: httpx.Response) -> str | None:
+    try:
+        state = status.json().get("state") if status.status_code == 200 else None
+    except (ValueError, AttributeError):
+        return None
+    return state if isinstance(state, str) else None
+
+
+def _progress(status: httpx.Response) -> tuple[str | None, object]:
+    """The job's state and token count, as its status reports them."""
+    try:
+        tokens = status.json().get("tokens_out") if status.status_code == 200 else None
+    except (ValueError, AttributeError):
+        tokens = None
+    return _state(status), tokens
+
+
+def _queue(health: httpx.Response) -> dict[str, Any] | None:
+    """The queue counters /health advertises (``{"active", "queued", ...}``), when it does."""
+    try:
+        queue = health.json().get("queue")
+    except (ValueError, AttributeError):
+        return None
+    return queue if isinstance(queue, dict) else None
 
 
 def event_data(capture: StreamCapture, event_type: str) -> list[dict[str, Any]]:

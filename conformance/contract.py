@@ -26,6 +26,12 @@ def event_data_schemas() -> dict[str, dict[str, Any]]:
     return {event: schemas[name]["properties"]["data"]["contentSchema"] for event, name in EVENT_SCHEMAS.items()}
 
 
+def defined_members(event_type: str) -> frozenset[str]:
+    """The members the contract defines in an event type's ``data`` (empty for an unknown type)."""
+    schema = event_data_schemas().get(event_type) or {}
+    return frozenset(schema.get("properties") or ())
+
+
 @functools.cache
 def max_tokens_limit() -> int:
     """The contract's largest ``max_tokens`` (a worker MAY clamp to a lower advertised cap, DC-1.1)."""

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Level = Literal["MUST", "SHOULD", "MAY"]
-#: "unverified": the check could not observe the behaviour (never a failure; says why and what would verify it)
-Outcome = Literal["passed", "failed", "warning", "unverified"]
+#: "unverified": the check could not observe the behaviour (never a failure; says why and what would verify it);
+#: "error": the suite itself broke (a bug in a check, or its own broken installation): says nothing about the worker
+Outcome = Literal["passed", "failed", "warning", "unverified", "error"]
 Threshold = Literal["must", "should"]
 
 #: bytes of a response body kept as evidence
@@ -105,6 +106,10 @@ class CheckResult:
     how_to_verify: str = ""
     #: a command that runs this check again (set by whoever ran it)
     replay: str = ""
+    #: for an ``error``: the suite's traceback (for its bug report)
+    traceback: str = ""
+    #: the failure was a matter of timing (a stall, a deadline): the run's load may have been part of it
+    depends_on_load: bool = False
 
     @property
     def evidence(self) -> dict[str, object]:
@@ -122,6 +127,8 @@ class CheckResult:
             "replay": self.replay,
             "duration_s": round(self.duration_s, 3),
             "evidence": self.evidence,
+            "traceback": self.traceback,
+            "depends_on_load": self.depends_on_load,
         }
 
 
@@ -133,6 +140,8 @@ class Diagnosis:
     summary: str
     observations: list[str]
     fixes: list[str]
+    #: the diagnosis is what the target is (legacy, not a worker): it explains every failure of the run
+    explains_failures: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "summary": self.summary, "observations": self.observations, "fixes": self.fixes}
@@ -144,6 +153,8 @@ class Summary:
     failed: int = 0
     warnings: int = 0
     unverified: int = 0
+    #: checks the suite itself could not run (its own bug or broken installation)
+    errors: int = 0
     #: the MUST checks that could not be verified (each with its reason and what would verify it)
     unverified_must: list[CheckResult] = field(default_factory=list)
 
@@ -158,6 +169,7 @@ class Summary:
             "failed": self.failed,
             "warnings": self.warnings,
             "unverified": self.unverified,
+            "errors": self.errors,
             "unverified_must_rules": self.unverified_must_rules,
             "unverified_must": [
                 {"id": r.id, "rule": r.rule, "reason": r.message, "how_to_verify": r.how_to_verify}
@@ -181,6 +193,10 @@ class Report:
     require_all: bool = False
     #: the fuzz seed of this run (``--seed`` replays it); None when nothing was fuzzed
     seed: int | None = None
+    #: what the suite recognised at the target before the checks ("dual-call worker", ...)
+    target_kind: str = ""
+    #: the target is not a dual-call worker at all: the checks were not run (unverified) and the run fails
+    target_unsupported: bool = False
 
     @property
     def summary(self) -> Summary:
@@ -192,6 +208,8 @@ class Report:
                 summary.failed += 1
             elif result.outcome == "warning":
                 summary.warnings += 1
+            elif result.outcome == "error":
+                summary.errors += 1
             else:
                 summary.unverified += 1
                 if result.level == "MUST":
@@ -199,9 +217,14 @@ class Report:
         return summary
 
     @property
+    def suite_error(self) -> bool:
+        """The suite itself broke on at least one check: the run's verdict cannot be trusted."""
+        return any(result.outcome == "error" for result in self.results)
+
+    @property
     def ok(self) -> bool:
-        """No check failed, and with ``require_all`` no MUST check went unverified."""
-        if any(result.outcome == "failed" for result in self.results):
+        """A dual-call worker, no check failed or broke, and with ``require_all`` no MUST check went unverified."""
+        if self.target_unsupported or any(result.outcome in ("failed", "error") for result in self.results):
             return False
         return not (self.require_all and self.summary.unverified_must)
 
@@ -209,6 +232,8 @@ class Report:
         return {
             "schema_version": 2,
             "target": self.target,
+            "target_kind": self.target_kind,
+            "target_unsupported": self.target_unsupported,
             "contract_version": self.contract_version,
             "suite_version": self.suite_version,
             "threshold": self.threshold,

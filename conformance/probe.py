@@ -26,6 +26,9 @@ MAX_STREAM_BYTES: Final = 4 * 1024 * 1024
 CLOSE_GRACE_S: Final = 2.0
 #: methods a transport failure before any response may be retried for (RFC 9110 §9.2.2)
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+#: how long after the suite left a stream at [DONE] a 409 for it may still be the worker noticing that
+REATTACH_AFTER_DONE_S: Final = 3.0
+_REATTACH_PAUSE_S: Final = 0.1
 #: how often the stream watchdog looks at the clock
 _WATCH_INTERVAL_S: Final = 0.1
 
@@ -64,6 +67,10 @@ class StreamCapture:
     error: str | None = None
     elapsed_s: float = 0.0
     first_event_s: float | None = None
+    #: the read as report evidence (what a check shows when this read broke its rule)
+    exchange: Exchange | None = None
+    #: the read waited (up to CLOSE_GRACE_S) after [DONE] to see whether the server closes (DC-2.7)
+    awaited_close: bool = False
 
     @property
     def content_type(self) -> str:
@@ -173,6 +180,8 @@ class Probe:
         #: every stream read in this run, for the checks that sweep them
         self.captures: list[StreamCapture] = []
         self._lock = threading.Lock()
+        #: streams this probe stopped reading at [DONE] (before the server ended them), and when
+        self._left_at_done: dict[str, float] = {}
 
     def close(self) -> None:
         self.http.close()
@@ -203,6 +212,25 @@ class Probe:
             if request.method not in _IDEMPOTENT:
                 raise
             return self.http.send(request, stream=stream)
+
+    def _reattach(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        """A 409 for a stream this probe itself just left at [DONE] is retried for a moment.
+
+        A worker that allows one reader per job (DC-2.10) may still count the suite's earlier read
+        as attached until it notices the hang-up; that 409 is about the suite, not the worker.
+        """
+        with self._lock:
+            left = self._left_at_done.get(str(request.url))
+        while (
+            response.status_code == 409
+            and left is not None
+            and time.monotonic() - left < REATTACH_AFTER_DONE_S
+            and (self.deadline is None or time.monotonic() < self.deadline)
+        ):
+            response.close()
+            time.sleep(_REATTACH_PAUSE_S)
+            response = self._send(request, stream=True)
+        return response
 
     def _check_budget(self) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -272,15 +300,19 @@ class Probe:
         stop_after_events: int | None = None,
         on_event: Any = None,
         max_duration_s: float | None = None,
+        await_close: bool = False,
     ) -> StreamCapture:
         """Read a stream to its end (or ``stop_after_events``), recording raw bytes and timing.
 
         ``on_event(capture, event)`` is called for each event as it arrives (used to act
         mid-stream, e.g. cancel or disconnect); returning True stops reading. Every read ends by
         the check's deadline, and when no event arrives for ``stall_s`` (``capture.stalled``).
+        A read ends at ``data: [DONE]``; only with ``await_close`` does it wait (at most
+        ``CLOSE_GRACE_S``) to see whether the server closes after it (DC-2.7), so that a worker
+        keeping connections open delays that one read, not every read of the run.
         """
         self._check_budget()
-        capture = StreamCapture(url=url)
+        capture = StreamCapture(url=url, awaited_close=await_close)
         parser = SSEParser(strict=True)
         request = self.http.build_request(method, url, headers=self._headers(headers, auth), content=content)
         exchange = Exchange(
@@ -299,6 +331,7 @@ class Probe:
             ends.append(time.monotonic() + max_duration_s)
         try:
             response = self._send(request, stream=True)
+            response = self._reattach(request, response)
             capture.status = response.status_code
             capture.headers = dict(response.headers)
             watchdog = _Watchdog(capture, response, deadline=min(ends) if ends else None, stall_s=self.stall_s)
@@ -319,6 +352,12 @@ class Probe:
                         capture.done_seen = True
                         # whatever followed [DONE] in the same read also breaks DC-2.7
                         capture.bytes_after_done += bytes(buffer[_consumed(buffer, event) :])
+                        if not await_close:
+                            capture.closed_by_suite = True
+                            response.close()
+                            with self._lock:
+                                self._left_at_done[str(request.url)] = time.monotonic()
+                            break
                         timer = threading.Timer(
                             CLOSE_GRACE_S, _stop_reading, args=(capture, response), kwargs={"deadline": False}
                         )
@@ -330,7 +369,7 @@ class Probe:
                         capture.error = "stopped by the check"
                         response.close()
                         break
-                if capture.error == "stopped by the check":
+                if capture.error == "stopped by the check" or (capture.done_seen and not await_close):
                     break
                 if len(buffer) > MAX_STREAM_BYTES:
                     capture.truncated = True
@@ -367,6 +406,7 @@ class Probe:
         exchange.response_headers = capture.headers
         exchange.body_excerpt, exchange.body_truncated = _excerpt(capture.raw)
         exchange.error = capture.error
+        capture.exchange = exchange
         self._record(exchange)
         with self._lock:
             self.captures.append(capture)

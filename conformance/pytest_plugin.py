@@ -53,6 +53,12 @@ class DualcallItem(pytest.Item):
         self.spec = spec
         self.add_marker(pytest.mark.dualcall)
 
+    def setup(self) -> None:
+        """A check the suite itself broke on is an ERROR of the item (setup), never a failure of the worker."""
+        result = _results(self.config).get(self.spec.id)
+        if result is not None and result.outcome == "error":
+            raise DualcallSuiteError(result)
+
     def runtest(self) -> None:
         result = _results(self.config).get(self.spec.id)
         if result is None:
@@ -82,10 +88,21 @@ class DualcallItem(pytest.Item):
                 lines.append(f"  {exchange.method} {exchange.url} -> {exchange.status}")
                 lines.append(f"    {exchange.curl()}")
             return "\n".join(lines)
+        if isinstance(excinfo.value, DualcallSuiteError):
+            result = excinfo.value.result
+            return "\n".join([f"{result.id}: {result.message}", *result.details, result.traceback.rstrip()])
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.spec.id} {self.spec.title}"
+
+
+class DualcallSuiteError(Exception):
+    """The suite broke while running a check (a bug in the suite, or its broken installation)."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(result.message)
+        self.result = result
 
 
 class DualcallCheckFailure(Exception):
@@ -94,11 +111,34 @@ class DualcallCheckFailure(Exception):
         self.result = result
 
 
+class DualcallTargetItem(pytest.Item):
+    """What the target is, said once: fails when it is not a dual-call worker (the checks are then skipped)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_marker(pytest.mark.dualcall)
+
+    def runtest(self) -> None:
+        _results(self.config)
+        report = self.config.stash[_STATE_KEY]["report"]
+        if report.target_unsupported:
+            diagnosis = report.diagnoses[0] if report.diagnoses else None
+            lines = [f"not a dual-call worker: {report.target_kind}"]
+            if diagnosis is not None:
+                lines += [diagnosis.summary, *(f"fix: {fix}" for fix in diagnosis.fixes)]
+            pytest.fail("\n".join(lines), pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, "target recognition"
+
+
 class DualcallCollector(pytest.Collector):
     def collect(self) -> Iterator[pytest.Item]:
         from conformance.runner import catalogue
 
         only = _selected(self.config)
+        if only is None:  # a selection of checks is a debugging run: no extra item
+            yield DualcallTargetItem.from_parent(self, name="target")
         for spec in catalogue():
             if only is None or spec.id in only:
                 yield DualcallItem.from_parent(self, name=spec.id, spec=spec)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,10 +16,15 @@ from conformance import __version__
 from conformance.checks import load_all
 from conformance.context import UNKNOWN_JOB_ID, Context, FuzzSettings, Options
 from conformance.contract import contract_version
+from conformance.extras import CONFORMANCE_EXTRA
 from conformance.model import CheckResult, CheckSpec, Exchange, Level, Outcome, Report, Threshold
 from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusable
+from conformance.recognition import Recognition, recognise
 from conformance.registry import AREAS, Check
 from conformance.verdicts import CheckFailed, CheckUnverified, Passed
+
+#: fuzz examples per operation unless ``--max-examples`` says otherwise
+DEFAULT_MAX_EXAMPLES = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +35,12 @@ class RunConfig:
     only: frozenset[str] | None = None
     #: run the fuzz checks (the seeded ones: they generate requests from ``seed``)
     fuzz: bool = True
-    max_examples: int = 25
+    max_examples: int = DEFAULT_MAX_EXAMPLES
     seed: int | None = 0
     #: ``--require-all``: an unverified MUST check fails the run
     require_all: bool = False
+    #: ``--run-budget``: no check starts after this many seconds (the rest are unverified), none runs past it
+    run_budget_s: float = 1800.0
 
 
 def ordered_checks() -> list[Check]:
@@ -71,6 +80,13 @@ def unknown_ids(ids: Sequence[str]) -> list[str]:
     return [check_id for check_id in ids if check_id not in known]
 
 
+#: what an ``error`` outcome says besides the exception
+SUITE_BUG = (
+    "this is a bug in the conformance suite, not a finding about the worker: please report it "
+    "with the traceback from the JSON report (--json)"
+)
+
+
 def outcome_for(level: Level, threshold: Threshold) -> Outcome:
     """What a broken rule means for the run: MUST fails; SHOULD fails only at --level should."""
     if level == "MUST" or (level == "SHOULD" and threshold == "should"):
@@ -81,13 +97,14 @@ def outcome_for(level: Level, threshold: Threshold) -> Outcome:
 def preflight(probe: Probe) -> None:
     """Fail fast (CLI exit 2) with the fix, instead of a failure per check, when the target is unusable as given.
 
-    Unusable: it does not speak HTTP; its ``/health`` is 404 (the URL is not the worker's base);
-    its job routes answer 401 and no token (or a wrong one) was given.
+    Unusable: it does not speak HTTP; the URL has a path and its ``/health`` is 404 (the URL is not
+    the worker's base); its job routes answer 401 and no token (or a wrong one) was given. What a
+    base URL serves is recognised next (`conformance.recognition`).
     """
     timeout = min(probe.timeout_s, 10.0)
     try:
         health = probe.http.get(probe.base_url + "/health", timeout=timeout)
-        if health.status_code == 404:
+        if health.status_code == 404 and httpx.URL(probe.base_url).path.strip("/"):
             raise TargetUnusable(_not_a_base_url(probe, timeout))
         job = probe.http.get(
             f"{probe.submit_url}/{UNKNOWN_JOB_ID}",
@@ -125,10 +142,65 @@ def _not_a_base_url(probe: Probe, timeout: float) -> str:
     return message
 
 
-def replay_command(config: RunConfig, check: Check) -> str:
-    """The command that runs one check again against the same target (with the run's seed for a seeded check)."""
-    seed = f" --seed {config.seed}" if config.seed is not None and check.seeded else ""
-    return f"dualcall-conformance {shlex.quote(config.target)} --checks {check.spec.id}{seed}"
+def _not_run(check: Check, recognition: Recognition) -> CheckResult:
+    spec = check.spec
+    fixes = recognition.diagnosis.fixes if recognition.diagnosis else []
+    return CheckResult(
+        id=spec.id,
+        rule=spec.rule,
+        level=spec.level,
+        title=spec.title,
+        outcome="unverified",
+        message=recognition.reason,
+        how_to_verify=fixes[0] if fixes else "a dual-call worker",
+    )
+
+
+def _options(config: RunConfig) -> str:
+    """The run's options that change what a check does (the token stays in $DUALCALL_TOKEN)."""
+    defaults = Options()
+    words = []
+    if config.options.timeout_s != defaults.timeout_s:
+        words += ["--timeout", f"{config.options.timeout_s:g}"]
+    if config.options.ttl_budget_s != defaults.ttl_budget_s:
+        words += ["--ttl-budget", f"{config.options.ttl_budget_s:g}"]
+    if config.threshold == "should":
+        words += ["--level", "should"]
+    return "".join(f" {word}" for word in words)
+
+
+def _out_of_run_budget(check: Check, budget_s: float) -> CheckResult:
+    spec = check.spec
+    return CheckResult(
+        id=spec.id,
+        rule=spec.rule,
+        level=spec.level,
+        title=spec.title,
+        outcome="unverified",
+        message=f"not run: the run used up its budget of {budget_s:g} s (--run-budget) before this check",
+        how_to_verify=f"a larger --run-budget, or --checks {spec.id}",
+    )
+
+
+def replay_command(config: RunConfig, check: Check, result: CheckResult | None = None) -> str:
+    """The command that runs one check again under the same conditions (seed, options).
+
+    A failure that was a matter of timing (``depends_on_load``) may not come back when the check
+    runs alone: the command then reruns the whole catalogue with the same seed, and says why.
+    """
+    target = shlex.quote(config.target)
+    seed = f" --seed {config.seed}" if config.seed is not None else ""
+    fuzz = f" --max-examples {config.max_examples}" if config.max_examples != DEFAULT_MAX_EXAMPLES else ""
+    if result is not None and result.depends_on_load:
+        scope = f" --checks {','.join(sorted(config.only))}" if config.only is not None else ""
+        scope += "" if config.fuzz else " --no-fuzz"
+        return (
+            f"dualcall-conformance {target}{scope}{seed}{fuzz}{_options(config)}"
+            f"  # {check.spec.id} failed on timing under the whole run's load; run alone "
+            f"(--checks {check.spec.id}) it may pass, so this replays the whole run"
+        )
+    seed, fuzz = (seed, fuzz) if check.seeded else ("", "")
+    return f"dualcall-conformance {target} --checks {check.spec.id}{seed}{fuzz}{_options(config)}"
 
 
 def check_budget_s(options: Options) -> float:
@@ -136,14 +208,17 @@ def check_budget_s(options: Options) -> float:
     return 20 * options.timeout_s + 3 * options.ttl_budget_s
 
 
-def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
+def run_check(check: Check, ctx: Context, threshold: Threshold, *, until: float | None = None) -> CheckResult:
+    """Run one check; ``until`` (monotonic) caps its budget (the run's own deadline)."""
     spec = check.spec
     level = spec.level
     details: list[str] = []
     how_to_verify = ""
     shown: list[Exchange] | None = None
+    trace = ""
+    timing = False
     started = time.perf_counter()
-    ctx.probe.deadline = time.monotonic() + check_budget_s(ctx.options)
+    ctx.probe.deadline = min(time.monotonic() + check_budget_s(ctx.options), until or math.inf)
     with ctx.probe.recording() as exchanges:
         try:
             level = check.level(ctx)
@@ -155,7 +230,7 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
                 message = returned or "ok"
         except CheckFailed as exc:
             outcome, message, details = outcome_for(level, threshold), exc.message, exc.details
-            shown = exc.exchanges
+            shown, timing = exc.exchanges, exc.timing
         except CheckUnverified as exc:
             outcome, message, how_to_verify = "unverified", exc.reason, exc.how_to_verify
         except BudgetSpent:
@@ -166,16 +241,20 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
             outcome = outcome_for(level, threshold)
             message = f"HTTP failure during the check: {type(exc).__name__}: {exc}"
         except ImportError as exc:  # the suite's own installation, not the worker
-            outcome = outcome_for(level, threshold)
-            message, details = (
-                f"the conformance suite is missing a dependency: {exc}",
-                ["reinstall: pip install dualcall"],
-            )
-        except Exception as exc:  # a check must never take the run down; say what broke
-            outcome = outcome_for(level, threshold)
-            message = f"the worker's answers broke the check: {type(exc).__name__}: {exc}"
+            outcome, trace = "error", traceback.format_exc()
+            message = f"the conformance suite's own installation is broken: {type(exc).__name__}: {exc}"
+            details = [f"not a finding about the worker: reinstall the suite (pip install '{CONFORMANCE_EXTRA}')"]
+        except Exception as exc:  # a check must never take the run down; and its bug is not the worker's
+            outcome, trace = "error", traceback.format_exc()
+            message = f"a bug in the conformance suite: {type(exc).__name__}: {exc}"
+            details = [SUITE_BUG]
         finally:
             ctx.probe.deadline = None
+    if outcome == "passed" and not any(200 <= (exchange.status or 0) < 300 for exchange in ctx.probe.all_exchanges):
+        # a pass needs the behaviour observed: a target that answered nothing but errors showed none
+        outcome = "unverified"
+        message = f"the target has answered no request with a 2xx so far, so the check observed nothing ({message})"
+        how_to_verify = "a worker that serves the dual-call routes"
     return CheckResult(
         id=spec.id,
         rule=spec.rule,
@@ -187,6 +266,8 @@ def run_check(check: Check, ctx: Context, threshold: Threshold) -> CheckResult:
         details=details,
         duration_s=time.perf_counter() - started,
         how_to_verify=how_to_verify,
+        traceback=trace,
+        depends_on_load=timing,
     )
 
 
@@ -228,14 +309,27 @@ def run(
         health = ctx.health()
         if health:
             report.worker = {key: health[key] for key in ("engine", "model", "contract_version") if key in health}
+        recognition = recognise(ctx)
+        report.target_kind = recognition.kind
+        if recognition.diagnosis is not None:
+            ctx.diagnoses.append(recognition.diagnosis)
         selected = selected_checks(config)
+        if recognition.stops_checks:
+            # every check would only repeat the same 404: say it once (the diagnosis), run nothing
+            report.target_unsupported = True
+            report.results = [_not_run(check, recognition) for check in selected]
+            selected = []
         if any(check.seeded for check in selected):
             report.seed = config.seed
+        until = time.monotonic() + config.run_budget_s
         for check in selected:
             if on_start:
                 on_start(check.spec)
-            result = run_check(check, ctx, config.threshold)
-            result.replay = replay_command(config, check)
+            if time.monotonic() >= until:
+                result = _out_of_run_budget(check, config.run_budget_s)
+            else:
+                result = run_check(check, ctx, config.threshold, until=until)
+            result.replay = replay_command(config, check, result)
             report.results.append(result)
             if on_result:
                 on_result(result)

@@ -17,14 +17,18 @@ class CheckFailed(Exception):
     """The worker broke the rule. ``details`` are extra lines of evidence.
 
     ``exchanges``, when given, are the exchanges that show the broken rule (instead of the
-    last ones the check made).
+    last ones the check made). ``timing``: the failure was a matter of time (a stall, a deadline),
+    so the conditions of the whole run (its load) may be part of it; the replay says so.
     """
 
-    def __init__(self, message: str, *details: str, exchanges: list[Exchange] | None = None) -> None:
+    def __init__(
+        self, message: str, *details: str, exchanges: list[Exchange] | None = None, timing: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = list(details)
         self.exchanges = exchanges
+        self.timing = timing
 
 
 class CheckUnverified(Exception):

@@ -5,7 +5,7 @@
 #
 # Needs, carried in git-ignored folders of the checkout:
 #   .whl/  exllamav2-0.3.2 wheel + the light deps the image lacks (litestar, msgspec, ...)
-#   .gpu/  the prebuilt exllamav2_ext.so folder (from /work/shared/prebuilt), optional:
+#   .gpu/  a prebuilt exllamav2_ext.so folder (scripts/prepare-gpu.sh copies one), optional:
 #          without it the first `import exllamav2` JIT-builds the extension (~140 s)
 # Writes $OUT/gpu-report.md, $OUT/gpu-report.json, $OUT/conformance.json, logs.
 # Bounded to fit one 600 s run on a GPU machine: the inner limits add up to 570 s

@@ -14,7 +14,8 @@ Phases, each bounded in time, each recorded in OUT/gpu-report.json and OUT/gpu-r
   speed      HTTP-delivered tok/s and TTFT vs direct (goal: ratio >= 0.95)
   cancel     DELETE mid-stream frees the slot: the next job completes promptly
   storm      50 readers drop mid-stream: /health 200 and a next job completes
-  conformance  ``python -m conformance URL --json OUT/conformance.json``
+  conformance  ``python -m conformance URL --json OUT/conformance.json --require-all`` (the worker runs
+             with a 3 s job TTL and a bearer token, so every MUST rule is observable)
 
 Every phase is bounded by what is left of ``--budget-s`` (default 300 s), so the whole script
 fits scripts/gpu-check.sh's limit and one 600 s GPU run.
@@ -31,7 +32,7 @@ import contextlib
 import json
 import os
 import platform
-import socket
+import secrets
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from urllib.parse import urljoin
 import httpx
 
 from conformance.sse import SSEEvent, SSEParser
+from workers.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,6 +60,10 @@ HF_LOGIT_TOLERANCE = 0.05
 #: the worker's cap for the HTTP phases: the conformance suite's long jobs use max_tokens = cap
 #: with their own prompt, which must fit the 2048-token context
 WORKER_MAX_TOKENS_CAP = 1024
+#: a short job TTL and a bearer token make TTL reclaim and auth observable, so the conformance
+#: phase runs with --require-all: every MUST rule verified on the GPU worker
+WORKER_TTL_S = 3
+WORKER_TOKEN = secrets.token_urlsafe(16)
 SPEED_TOKENS = 256
 SPEED_RUNS = 3
 PROMPTS = [
@@ -286,12 +292,6 @@ async def _health(client: httpx.AsyncClient, base: str) -> int:
         return 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -434,14 +434,15 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     report.meta["worker_url"] = base
     cmd = [sys.executable, "-m", "workers", args.engine, "--port", str(port)]
-    cmd += ["--max-tokens-cap", str(WORKER_MAX_TOKENS_CAP)]
+    cmd += ["--max-tokens-cap", str(WORKER_MAX_TOKENS_CAP), "--ttl-s", str(WORKER_TTL_S)]
     if gpu:
         cmd += ["--model", str(args.model)]
     else:
         cmd += ["--token-delay-ms", "1"]
     log = (args.out / "worker.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    report.meta["worker_cmd"] = " ".join(cmd)
+    env = {**os.environ, "DUALCALL_TOKEN": WORKER_TOKEN}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    report.meta["worker_cmd"] = " ".join(cmd) + " (bearer token from $DUALCALL_TOKEN)"
     try:
         asyncio.run(http_phases(report, state, base, proc, gpu=gpu, args=args))
     finally:
@@ -463,7 +464,8 @@ async def http_phases(
     report: Report, state: dict[str, Any], base: str, proc: subprocess.Popen[bytes], *, gpu: bool, args: Any
 ) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits) as client:
+    auth = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits, headers=auth) as client:
         # worker start
         phase = Phase("worker")
         t0 = time.perf_counter()
@@ -616,10 +618,11 @@ async def http_phases(
 
     def conformance(p: Phase) -> None:
         out_json = args.out / "conformance.json"
-        cmd = [sys.executable, "-m", "conformance", base, "--json", str(out_json)]
+        cmd = [sys.executable, "-m", "conformance", base, "--json", str(out_json), "--require-all"]
+        env = {**os.environ, "DUALCALL_TOKEN": WORKER_TOKEN}
         try:
             limit = BUDGET.left(150, reserve=3.0)
-            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit, check=False)
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit, check=False, env=env)
         except subprocess.TimeoutExpired:
             p.ok = False
             p.summary = f"timed out after {limit:.0f} s (what was left of the budget)"

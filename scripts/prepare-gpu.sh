@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare the git-ignored folders that scripts/gpu-check.sh needs on an offline CUDA machine:
 #   .whl/  exllamav2 0.3.2 and the project's runtime dependencies, as Python 3.12 x86_64 wheels
-#   .gpu/  a copy of the prebuilt exllamav2 extension (skips the ~140 s JIT build)
-# Run here (with network to PyPI), then carry `.whl` and `.gpu` to the GPU machine.
+#   .gpu/  a copy of a prebuilt exllamav2 extension folder, if PREBUILT names one (skips the ~140 s JIT build)
+# Run here (with network to PyPI), then carry `.whl` and `.gpu` to the GPU machine:
+#   PREBUILT=/path/to/exllamav2-ext-build bash scripts/prepare-gpu.sh
 # Safe to rerun: wheels are downloaded into a fresh folder that replaces .whl only on success, and
 # the prebuilt extension folder is replaced, never copied into itself.
 # Packages the GPU image already has (torch, numpy, safetensors, tokenizers, transformers, rich, ...)
@@ -10,7 +11,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PREBUILT="${PREBUILT:-$ROOT/../shared/prebuilt/exllamav2-0.3.2-torch2.11-cu130-sm90}"
+PREBUILT="${PREBUILT:-}"
 NEW=".whl.new"
 rm -rf "$NEW" && mkdir -p "$NEW" .gpu
 trap 'rm -rf "$NEW"' EXIT
@@ -25,17 +26,17 @@ pip_download() {
 pip_download --no-deps exllamav2==0.3.2
 pip_download "litestar>=2.25,<3" "uvicorn>=0.30" "msgspec>=0.18" "httpx>=0.27,<1" \
     "httpx-sse>=0.4" "pyyaml>=6" "prometheus-client>=0.20" "schemathesis>=4.32,<5" "jsonschema>=4.18"
-# the GPU image has these (docs: ../shared/gpu-recipe.md); carrying them would shadow torch's own
+# the GPU image has these; carrying them would shadow torch's own
 for present in torch numpy safetensors tokenizers transformers huggingface_hub rich pygments regex pillow \
     pandas ninja markdown_it_py mdurl typing_extensions fsspec filelock jinja2 markupsafe packaging sympy \
     networkx mpmath tqdm; do
     rm -f "$NEW"/"${present}"-*.whl
 done
 rm -rf .whl && mv "$NEW" .whl
-if [ -d "$PREBUILT" ]; then
+if [ -n "$PREBUILT" ] && [ -d "$PREBUILT" ]; then
     target=".gpu/$(basename "$PREBUILT")"
     rm -rf "$target" && cp -r "$PREBUILT" "$target"
 else
-    echo "prepare-gpu: no prebuilt extension at $PREBUILT; the GPU machine will JIT-build it" >&2
+    echo "prepare-gpu: no prebuilt extension${PREBUILT:+ at $PREBUILT} (set PREBUILT); the GPU machine will JIT-build it" >&2
 fi
 du -sh .whl .gpu

@@ -1,7 +1,8 @@
 """Shared fixtures: real worker processes on loopback.
 
 `tests/` has no ``__init__.py``; pytest (rootdir conftest, default ``prepend`` import mode) puts
-this directory on ``sys.path``, so test modules import the helper as ``from workerproc import ...``.
+this directory on ``sys.path``, so test modules import the shared helpers as ``from helpers import ...``
+(ports, jobs, streams, waiting for events) and ``from workerproc import WorkerProcess``.
 """
 
 from __future__ import annotations

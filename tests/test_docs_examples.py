@@ -6,8 +6,8 @@ What runs, against workers started on free loopback ports (port 8000 in the docs
 - ``console`` blocks: each ``$ command`` (with ``\\`` continuations) runs in bash in a temporary
   directory. The lines after it are its expected output: ``...`` stands for anything, and a job id
   shown in an output (``"job_id":"..."``) stands for the real one, which later commands then use.
-  ``python -m workers mock|legacy`` lines start that worker (on a free port) for the block; their
-  expected output is compared with the worker's banner.
+  ``dualcall-worker mock|legacy`` lines (or ``python -m workers ...``) start that worker (on a free
+  port) for the block; their expected output is compared with the worker's banner.
 - ``python`` blocks: each runs in a fresh interpreter.
 - ``yaml`` blocks of docs/ci.md: the GitHub Actions and GitLab CI recipes, step by step.
 
@@ -23,7 +23,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 from workerproc import WorkerProcess
 
 from workers.__main__ import build_parser
@@ -286,13 +286,6 @@ def test_python_block(block: Block, default_workers: dict[str, WorkerProcess], t
 # -- CI recipes (docs/ci.md) --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def ci_recipes() -> list[tuple[str, list[str], list[str]]]:
     """(name, shell steps, artifact paths) of each recipe in docs/ci.md."""
     recipes = []
@@ -351,7 +344,7 @@ def github_step_scripts(step: dict[str, object]) -> list[str]:
 def test_ci_recipe(recipe: tuple[str, list[str], list[str]], tmp_path: Path) -> None:
     name, steps, artifacts = recipe
     assert artifacts, f"{name}: no report is kept as an artifact"
-    port = str(_free_port())
+    port = str(free_port())
     sessions: list[subprocess.Popen[str]] = []
     try:
         for step in steps:
@@ -381,7 +374,7 @@ def test_ci_recipe(recipe: tuple[str, list[str], list[str]], tmp_path: Path) -> 
 
 def run_action(inputs: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """action.yml's steps (but the install) in one bash session, the worker in its own process group."""
-    port = str(_free_port())
+    port = str(free_port())
     script = "\n".join(f"(\n{body}\n)" for body in action_step_scripts(inputs))
     process = subprocess.Popen(
         [

@@ -1,4 +1,4 @@
-"""The negative control: a worker built the way the incident report describes (TEAM-153).
+"""The negative control: a worker of the legacy direct-SSE shape that openapi/SPEC.md forbids.
 
 ``POST /v1/inference`` takes a client-chosen ``job_id`` and answers ``200 text/event-stream``
 with narration events, raw ``data: <token>`` lines and ``data: [DONE]``. There is no job

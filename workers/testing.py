@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +27,23 @@ from typing import Self
 
 import httpx
 
-__all__ = ["WorkerProcess", "WorkerStartError"]
+__all__ = ["WorkerProcess", "WorkerStartError", "free_port"]
 
 _BANNER_URL = re.compile(r" on (http://\S+?)(?:\s|$)")
 DEFAULT_START_TIMEOUT_S = 15.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago, for a server the caller starts next.
+
+    The port is released before it is returned, so another process may take it first: use it for
+    servers that cannot bind port 0 and report back (the worker itself prints its port instead).
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class WorkerStartError(RuntimeError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from types import TracebackType
 from typing import Self
 
 import redis
+
+from workers.testing import free_port
 
 START_TIMEOUT_S = 10.0
 #: logical databases, so each test module gets an empty one
@@ -31,13 +32,6 @@ def find_redis_server() -> str | None:
             if candidate.is_file():
                 return str(candidate)
     return shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -13,6 +13,9 @@ from conformance.verdicts import CheckFailed, CheckUnverified, Passed
 
 
 def _verdict(ctx: Context, check_id: str) -> FuzzVerdict:
+    if ctx.fuzz_verdicts is None and ctx.stuck is not None:
+        # every fuzzed job would wait on a worker that stopped: one defect, reported once, in bounded time
+        raise CheckUnverified(f"not run: {ctx.stuck}", "a worker that keeps making progress (see the failure)")
     if ctx.fuzz_verdicts is None:
         verdicts = fuzz_target(ctx, max_examples=ctx.fuzz.max_examples, seed=ctx.fuzz.seed, on_progress=ctx.on_progress)
         ctx.fuzz_verdicts = {verdict.id: verdict for verdict in verdicts}

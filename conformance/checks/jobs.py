@@ -200,14 +200,24 @@ def delete_finished(ctx: Context) -> str:
     "DC-JOB-005", rule="DC-3.3", level="MUST", title="status and DELETE of an unknown id answer 404 problem", area="job"
 )
 def unknown_job(ctx: Context) -> str:
+    """A 404 means "no such job" only from a worker whose job route answers for a real job."""
+    job, _ = ctx.completed_reference()
+    known = ctx.probe.request("GET", job.status_url)
+    if known.status_code != 200:
+        raise CheckUnverified(
+            f"the status of a real job ({job.status_url}) answered {known.status_code}, so a 404 for an unknown "
+            "id could not be told from a route the worker does not serve",
+            "a worker whose GET /v1/inference/{job_id} answers 200 for a job it accepted (see DC-JOB-001)",
+        )
     url = ctx.job_url(UNKNOWN_JOB_ID)
     expect_problem(ctx.probe.request("GET", url), 404)
     expect_problem(ctx.probe.request("DELETE", url), 404)
-    return "404 problem+json for GET and DELETE"
+    return "404 problem+json for GET and DELETE of an unknown id (a real job's status answered 200)"
 
 
 @check("DC-JOB-006", rule="DC-3.4", level="MUST", title="an unsupported method answers 405 with Allow", area="job")
 def method_not_allowed(ctx: Context) -> str:
+    ctx.completed_reference()  # a 404 from a worker that serves no job route says nothing about methods
     wrong: list[str] = []
     for method, url in (("PUT", ctx.job_url(UNKNOWN_JOB_ID)), ("GET", ctx.probe.submit_url)):
         response = ctx.probe.request(method, url)

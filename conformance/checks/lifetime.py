@@ -91,15 +91,21 @@ def _terminal(capture: StreamCapture) -> tuple[str, dict[str, Any]]:
 def _expect_intact(ctx: Context, job: Job, capture: StreamCapture, who: str) -> None:
     """The reader that stayed got the whole job, ended normally, not cancelled by someone else's disconnect."""
     ctx.judge_stall(job, capture)
+    shown = [capture.exchange] if capture.exchange is not None else None  # this read, not the dropped ones
     if capture.status != 200:
-        raise CheckFailed(f"{who} got {capture.status} instead of the stream")
+        raise CheckFailed(f"{who} got {capture.status} instead of the stream", exchanges=shown)
     if not capture.done_seen:
-        raise CheckFailed(f"{who} did not get the complete stream after other readers dropped", f"{capture.error}")
+        raise CheckFailed(
+            f"{who} did not get the complete stream after other readers dropped",
+            f"{capture.error}",
+            exchanges=shown,
+        )
     event, data = _terminal(capture)
     if event == "error" or data.get("stop_reason") == "cancelled":
         raise CheckFailed(
             f"{who} got {event} {json.dumps(data)} after another reader disconnected: one reader's disconnect "
             "ended the job for the others",
+            exchanges=shown,
         )
 
 
@@ -136,7 +142,11 @@ def disconnect_harmless(ctx: Context) -> str:
     fresh = ctx.submit(ctx.body(max_tokens=8))
     after = ctx.stream_of(fresh)
     if not after.done_seen or _terminal(after)[0] != "end":
-        raise CheckFailed("a new job did not complete normally after readers dropped", f"{after.error}")
+        raise CheckFailed(
+            "a new job did not complete normally after readers dropped",
+            f"{after.error}",
+            exchanges=[exchange for exchange in (fresh.exchange, after.exchange) if exchange is not None],
+        )
     health = ctx.probe.request("GET", ctx.base_url + "/health", auth=False)
     if health.status_code != 200:
         raise CheckFailed(f"/health answered {health.status_code} after readers dropped")

@@ -6,28 +6,36 @@ import json
 from typing import Any
 
 from conformance.context import Context, event_data
+from conformance.model import Exchange
 from conformance.registry import check
 from conformance.verdicts import CheckFailed, CheckUnverified
 
 
-def _completion(ctx: Context, **overrides: object) -> tuple[str, dict[str, object]]:
+def _completion(ctx: Context, **overrides: object) -> tuple[str, dict[str, object], list[Exchange]]:
+    """The text and end event of one job, and its submit and stream exchanges (the evidence if it breaks a rule)."""
     job = ctx.submit(ctx.body(**overrides))
     capture = ctx.stream_of(job)
+    shown = [exchange for exchange in (job.exchange, capture.exchange) if exchange is not None]
     ends = event_data(capture, "end")
     if not ends:
         errors = event_data(capture, "error")
-        raise CheckFailed(f"the job did not end with an end event ({errors[0] if errors else 'no terminal event'})")
-    return "".join(capture.token_texts()), ends[0]
+        raise CheckFailed(
+            f"the job did not end with an end event ({errors[0] if errors else 'no terminal event'})", exchanges=shown
+        )
+    return "".join(capture.token_texts()), ends[0], shown
 
 
 @check("DC-PARAM-001", rule="DC-2.13", level="MUST", title="max_tokens is honoured", area="params")
 def max_tokens_honoured(ctx: Context) -> str:
-    _, end = _completion(ctx, max_tokens=5)
+    _, end, shown = _completion(ctx, max_tokens=5)
     tokens_out = end.get("tokens_out")
     if not isinstance(tokens_out, int) or tokens_out > 5:
-        raise CheckFailed(f"max_tokens 5 produced tokens_out {tokens_out!r}")
+        raise CheckFailed(f"max_tokens 5 produced tokens_out {tokens_out!r}", exchanges=shown)
     if tokens_out == 5 and end.get("stop_reason") != "max_tokens":
-        raise CheckFailed(f"5 of 5 tokens generated but stop_reason is {end.get('stop_reason')!r}, not 'max_tokens'")
+        raise CheckFailed(
+            f"5 of 5 tokens generated but stop_reason is {end.get('stop_reason')!r}, not 'max_tokens'",
+            exchanges=shown,
+        )
     return f"tokens_out {tokens_out}, stop_reason {end.get('stop_reason')}"
 
 
@@ -40,7 +48,7 @@ def max_tokens_honoured(ctx: Context) -> str:
 )
 def stop_honoured(ctx: Context) -> str:
     """Greedy text is generated once; a piece of its middle becomes the stop string of a second run."""
-    text, _ = _completion(ctx, max_tokens=48)
+    text, _, calibration = _completion(ctx, max_tokens=48)
     candidates = [text[i : i + 3] for i in range(len(text) // 3, len(text) - 3)]
     stop = next((piece for piece in candidates if piece.strip() and piece in text[len(text) // 3 :]), None)
     if not stop:
@@ -49,16 +57,21 @@ def stop_honoured(ctx: Context) -> str:
             "a worker whose greedy completion of the probe prompt is at least a few characters long",
         )
     expected = text[: text.index(stop)]
-    stopped, end = _completion(ctx, max_tokens=48, stop=[stop])
+    stopped, end, shown = _completion(ctx, max_tokens=48, stop=[stop])
+    # the exchanges that carried `stop` broke the rule; the calibration run (without it) comes after them
+    shown += calibration
     if stop in stopped:
-        raise CheckFailed(f"the text contains the stop string {stop!r}", f"text: {stopped!r}")
+        raise CheckFailed(f"the text contains the stop string {stop!r}", f"text: {stopped!r}", exchanges=shown)
     if end.get("stop_reason") != "stop":
-        raise CheckFailed(f"stop string {stop!r} occurred but stop_reason is {end.get('stop_reason')!r}")
+        raise CheckFailed(
+            f"stop string {stop!r} occurred but stop_reason is {end.get('stop_reason')!r}", exchanges=shown
+        )
     if stopped != expected:
         raise CheckFailed(
             f"with stop {stop!r} the text is not the greedy text cut before the stop string",
             f"expected: {expected!r}",
             f"received: {stopped!r}",
+            exchanges=shown,
         )
     return f"stopped before {stop!r} after {len(stopped)} characters"
 
@@ -77,13 +90,14 @@ def deterministic(ctx: Context) -> str:
         ("greedy", {"temperature": 0, "max_tokens": 32}),
     ]
     for label, params in runs:
-        first, _ = _completion(ctx, **params)
-        second, _ = _completion(ctx, **params)
+        first, _, before = _completion(ctx, **params)
+        second, _, after = _completion(ctx, **params)
         if first != second:
             raise CheckFailed(
                 f"{label}: the same request gave different texts",
                 f"parameters: {json.dumps(params)}",
                 f"first:  {first[:120]!r}",
                 f"second: {second[:120]!r}",
+                exchanges=after + before,
             )
     return "seeded and greedy runs repeat exactly"

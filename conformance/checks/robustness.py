@@ -14,7 +14,7 @@ import httpx
 from conformance.checks.problems import problem_defects
 from conformance.context import Context
 from conformance.registry import check
-from conformance.verdicts import CheckFailed
+from conformance.verdicts import CheckFailed, CheckUnverified
 
 #: deep enough to overflow a recursive decoder (Python's default recursion limit is 1000)
 DEPTH: Final = 10_000
@@ -92,6 +92,12 @@ def hostile_bodies(ctx: Context) -> str:
             failures.append(f"{name}: answered {response.status_code} {response.text[:120]!r}")
     if failures:
         raise CheckFailed(f"{len(failures)} of {len(cases)} hostile bodies got a 5xx or no answer", *failures[:8])
+    if set(statuses) <= {404, 405}:
+        raise CheckUnverified(
+            f"every hostile body answered {', '.join(map(str, sorted(statuses)))}: the submit route is not served, "
+            "so none of them reached a parser",
+            "a dual-call submit (see DC-SUBMIT-001)",
+        )
     health = ctx.probe.request("GET", ctx.base_url + "/health", auth=False)
     if health.status_code != 200:
         raise CheckFailed(f"after {len(cases)} hostile bodies, /health answered {health.status_code}")

@@ -99,6 +99,12 @@ def errors_are_problems(ctx: Context) -> str:
     ]
     if not errors:
         raise CheckUnverified("no error response was seen in this run", "run the whole catalogue, not a selection")
+    if not any(exchange.status == 202 and exchange.method == "POST" for exchange in ctx.probe.all_exchanges):
+        raise CheckUnverified(
+            "the worker accepted no job in this run, so its error answers cannot be told from a server that "
+            "serves nothing",
+            "a dual-call submit (see DC-SUBMIT-001)",
+        )
     bad = []
     for exchange in errors:
         defects = problem_defects(exchange.status or 0, exchange.response_headers, exchange.body_excerpt)

@@ -9,7 +9,7 @@ import threading
 from conformance.checks.problems import expect_problem
 from conformance.checks.submit import saturated_queue
 from conformance.context import UNKNOWN_JOB_ID, Context
-from conformance.contract import data_errors
+from conformance.contract import data_errors, defined_members
 from conformance.probe import StreamCapture
 from conformance.registry import check
 from conformance.sse import CONTRACT_VIOLATIONS
@@ -22,8 +22,28 @@ TRICKY = ("\n", "\r", "data:", "[DONE]", "id:", "event:", "\u2028", "\u0085")
 KEEPALIVE_SLACK = 1.5
 
 
+def _delivered(event_type: str, data: str) -> str:
+    """What DC-2.10 requires every reader to get of one event's data: the members the contract defines.
+
+    Members the contract does not define (a delivery timestamp, say) may differ between readers,
+    and so may the spelling of the JSON (key order, spaces); everything the contract defines may not.
+    """
+    defined = defined_members(event_type)
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return data
+    if not defined or not isinstance(payload, dict):
+        return data
+    return json.dumps({key: value for key, value in payload.items() if key in defined}, sort_keys=True)
+
+
 def sequence(capture: StreamCapture) -> list[tuple[str | None, str, str]]:
-    return [(event.id if event.has_id_field else None, event.event, event.data) for event in capture.events]
+    """The events as DC-2.10 compares them between readers: id, type, and the data the contract defines."""
+    return [
+        (event.id if event.has_id_field else None, event.event, _delivered(event.event, event.data))
+        for event in capture.events
+    ]
 
 
 def _first_difference(left: StreamCapture, right: StreamCapture) -> str:
@@ -198,7 +218,15 @@ def _check_terminal(capture: StreamCapture) -> str:
     area="stream",
 )
 def done_then_close(ctx: Context) -> str:
-    _, capture = ctx.completed_reference()
+    """Its own short job, read waiting for the close: the shared reference read ends at [DONE]."""
+    job = ctx.submit(ctx.body(max_tokens=4))
+    capture = ctx.probe.stream(job.sse_url, await_close=True)
+    if capture.status != 200:
+        raise CheckUnverified(
+            f"GET sse_url answered {capture.status}, so [DONE] and the close could not be observed",
+            "a stream that delivers events (see DC-STREAM-001)",
+        )
+    ctx.judge_stall(job, capture)
     if not capture.done_seen:
         raise CheckFailed(
             "the stream never sent data: [DONE]",
@@ -244,9 +272,11 @@ def tricky_text(ctx: Context) -> str:
     area="stream",
 )
 def unknown_stream(ctx: Context) -> str:
+    """A 404 means "no such job" only from a worker whose stream route serves real jobs."""
+    ctx.completed_reference()
     response = ctx.probe.request("GET", ctx.job_url(UNKNOWN_JOB_ID, "/stream"))
     expect_problem(response, 404)
-    return "404 problem+json"
+    return "404 problem+json for an unknown id (a real job's stream answered 200)"
 
 
 @check(

@@ -210,6 +210,63 @@ def body_too_large(ctx: Context) -> str:
     return f"413 for a {size // (1024 * 1024)} MiB body"
 
 
+#: (where, body): each carries a number literal JSON does not have (RFC 8259 §6), the class of DC-1.5's last sentence
+NON_JSON_LITERALS: tuple[tuple[str, bytes], ...] = (
+    ("temperature NaN", b'{"prompt": "x", "max_tokens": 1, "temperature": NaN}'),
+    ("temperature Infinity", b'{"prompt": "x", "max_tokens": 1, "temperature": Infinity}'),
+    ("top_p -Infinity", b'{"prompt": "x", "max_tokens": 1, "top_p": -Infinity}'),
+    ("max_tokens Infinity", b'{"prompt": "x", "max_tokens": Infinity}'),
+    ("seed NaN", b'{"prompt": "x", "max_tokens": 1, "seed": NaN}'),
+    ("top_k -Infinity", b'{"prompt": "x", "max_tokens": 1, "top_k": -Infinity}'),
+    ("NaN inside the stop list", b'{"prompt": "x", "max_tokens": 1, "stop": [NaN]}'),
+)
+
+
+@check(
+    "DC-SUBMIT-013",
+    rule="DC-1.5",
+    level="MUST",
+    title="NaN, Infinity and -Infinity (not JSON) are refused with a 400/422 problem, never accepted",
+    area="submit",
+)
+def non_json_literals(ctx: Context) -> str:
+    """A lenient parser (Python's json module, say) reads them as numbers; the contract says they are not JSON."""
+    accepted: list[str] = []
+    wrong: list[str] = []
+    statuses: list[int] = []
+    for label, body in NON_JSON_LITERALS:
+        response = ctx.probe.request(
+            "POST", ctx.probe.submit_url, content=body, headers={"Content-Type": "application/json"}
+        )
+        statuses.append(response.status_code)
+        if response.status_code < 300:
+            accepted.append(f"{label}: answered {response.status_code} {response.text[:120]!r}")
+            job_id = (_json(response) or {}).get("job_id") if response.status_code == 202 else None
+            if isinstance(job_id, str):
+                ctx.probe.request("DELETE", ctx.job_url(job_id))
+            continue
+        if response.status_code not in (400, 422):
+            wrong.append(f"{label}: answered {response.status_code}, expected 400 or 422")
+            continue
+        try:
+            expect_problem(response, response.status_code)
+        except CheckFailed as exc:
+            wrong.append(f"{label}: {exc.message}")
+    if accepted:
+        raise CheckFailed(
+            f"{len(accepted)} of {len(NON_JSON_LITERALS)} bodies with a number literal that is not JSON were accepted",
+            *accepted,
+            *wrong,
+        )
+    if set(statuses) <= {404, 405}:
+        raise CheckUnverified(
+            f"every body answered {statuses[0]}: the submit route is not served", "a dual-call submit (DC-SUBMIT-001)"
+        )
+    if wrong:
+        raise CheckFailed(f"{len(wrong)} of {len(NON_JSON_LITERALS)} non-JSON bodies were not refused properly", *wrong)
+    return f"{len(NON_JSON_LITERALS)} bodies with NaN/Infinity/-Infinity each refused ({sorted(set(statuses))})"
+
+
 @check(
     "DC-SUBMIT-010",
     rule="DC-1.7",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
@@ -180,19 +181,31 @@ def _run_stateful(session: FuzzSession, schema: Any, examples: int, seed: int | 
         pass  # every scenario hit the time budget
 
 
-def _stream_layout(probe: Probe) -> str | None:
-    """Where a 1-token job's ``sse_url`` resolves, when that is not the reference layout (else None)."""
+@dataclass(frozen=True, slots=True)
+class _StreamShape:
+    #: where a job's ``sse_url`` resolves, when that is not the reference layout
+    layout: str | None = None
+    #: the stream stayed open after ``data: [DONE]`` (DC-2.7, judged by DC-STREAM-007)
+    held_open: bool = False
+
+
+def _stream_shape(probe: Probe) -> _StreamShape:
+    """How a 1-token job's stream is served: its layout, and whether the worker closes it after [DONE]."""
     try:
         answer = probe.submit({"prompt": "layout probe", "max_tokens": 1})
         body = answer.json() if answer.status_code == 202 else None
         if not isinstance(body, dict) or not isinstance(body.get("job_id"), str):
-            return None
-        probe.request("DELETE", f"{probe.submit_url}/{body['job_id']}")
+            return _StreamShape()
         resolved = resolve(probe.submit_url, str(body.get("sse_url", "")))
+        capture = probe.stream(resolved, await_close=True, max_duration_s=probe.timeout_s)
+        probe.request("DELETE", f"{probe.submit_url}/{body['job_id']}")
     except (httpx.HTTPError, ValueError):
-        return None
+        return _StreamShape()
     reference = probe.base_url + _STREAM_TEMPLATE.replace("{job_id}", body["job_id"])
-    return None if resolved == reference else resolved
+    return _StreamShape(
+        layout=None if resolved == reference else resolved,
+        held_open=capture.done_seen and not capture.closed_after_done,
+    )
 
 
 def _run_boundary(
@@ -301,13 +314,21 @@ def fuzz_phases(
             )
 
     stateful_schema: Any = schema
-    layout = _stream_layout(probe)
-    if layout is not None:
+    shape = _stream_shape(probe)
+    if shape.layout is not None:
         # DC-1.7: streams may live anywhere sse_url points; the document's stream link names the reference layout
         stateful_schema = schema.exclude(path=_STREAM_TEMPLATE)
         session.tallies["DC-FUZZ-003"].notes.append(
-            f"this worker serves streams at {layout}, not the reference layout: the stateful phase does not "
+            f"this worker serves streams at {shape.layout}, not the reference layout: the stateful phase does not "
             "follow the document's stream link (the stream itself is checked by the DC-STREAM checks)"
+        )
+    elif shape.held_open:
+        # schemathesis reads a stream until the server closes it: every read would wait out the request
+        # timeout, and jobs would expire meanwhile (one defect, DC-STREAM-007's, not a cascade of 404s)
+        stateful_schema = schema.exclude(path=_STREAM_TEMPLATE)
+        session.tallies["DC-FUZZ-003"].notes.append(
+            "this worker keeps a stream open after [DONE] (see DC-STREAM-007): the stateful phase does not "
+            "follow the stream link"
         )
     session.progress(f"fuzz: {max_examples} stateful scenarios following submit's links")
     session.guard(

@@ -146,10 +146,18 @@ def _fuzz(
     t1.seconds += max(0.0, time.monotonic() - started - t1.seconds - t2.seconds - t3.seconds - t4.seconds)
     linked = sorted(t3.operations - {SUBMIT})
     if not t3.aborted and not t3.findings and not linked:
-        t3.aborted = (
+        t3.unobserved = (
             "no link was followed: no fuzzed submit answered 202 with a job_id "
             "that the stream/status/cancel links could use"
         )
+    if session.unserved(SUBMIT):
+        # a 404/405 for every submission is no evidence about the contract's request rules
+        answered = ", ".join(str(status) for status in sorted(session.statuses[SUBMIT]))
+        reason = f"every fuzzed {SUBMIT} was answered {answered}: the worker does not serve the operation"
+        for tally in (t1, t4):
+            tally.unobserved = reason
+        if all(session.unserved(operation) for operation in session.statuses):
+            t2.unobserved = t3.unobserved = f"every fuzzed request was answered 404/405 ({reason})"
     return [
         t1.verdict(
             "DC-FUZZ-001",

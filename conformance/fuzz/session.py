@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
@@ -38,6 +39,8 @@ MAX_CONSECUTIVE_FAILURES: Final = 3
 #: pseudo-check name for a schemathesis check that could not run
 _INTERNAL: Final = "schemathesis_error"
 _FUZZ_SOURCES: Final = {"DC-FUZZ-001": "generated", "DC-FUZZ-003": "stateful"}
+#: the statuses that say an operation is not served at all (on every request to it)
+NOT_SERVED: Final = frozenset({404, 405})
 #: how long cancelling the jobs fuzzing created may take
 _CANCEL_BUDGET_S: Final = 5.0
 
@@ -70,6 +73,13 @@ class FuzzSession:
         self.max_tokens_cap: int | None = None
         self.reader: StreamReader | None = None
         self.boundary_cases = 0
+        #: status codes answered, per operation (``POST /v1/inference``: ...)
+        self.statuses: dict[str, Counter[int]] = {}
+
+    def unserved(self, operation: str) -> bool:
+        """Every answer to ``operation`` was 404/405: the worker does not serve it, so nothing about it was observed."""
+        seen = self.statuses.get(operation) or Counter[int]()
+        return bool(seen) and set(seen) <= NOT_SERVED
 
     def guard(self, check_ids: tuple[str, ...], phase: str, action: Callable[[], None]) -> None:
         """Run one phase; an error of schemathesis or hypothesis fails only the checks that phase feeds.
@@ -174,6 +184,7 @@ class FuzzSession:
             self.record_failure(check_id, TRANSPORT, case=case, status=None, failure=note, ex=exchange)
             return None
         self.responses += 1
+        self.statuses.setdefault(str(case.operation.label), Counter())[int(response.status_code)] += 1
         if self.responses % PROGRESS_EVERY == 0:
             scenarios = self.tallies["DC-FUZZ-003"].scenarios
             self.progress(f"fuzz: {self.responses} requests, {scenarios} stateful scenarios")
@@ -218,6 +229,8 @@ class FuzzSession:
         if not case.positive:
             self.negative_submits += 1
         status = int(case.response["status"])
+        if case.label == SUBMIT:
+            self.statuses.setdefault(SUBMIT, Counter())[status] += 1
         exchange = exchange_from_record(case)
         for name, title, message in case.failures:
             if name == "positive_data_acceptance" and clamp_or_reject(case.body, status, self.max_tokens_cap):

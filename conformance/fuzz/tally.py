@@ -71,6 +71,8 @@ class Tally:
     findings: dict[tuple[str, str, int | None], Finding] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     aborted: str | None = None
+    #: why nothing the check judges was observed (its verdict is unverified, whatever else happened)
+    unobserved: str | None = None
     seconds: float = 0.0
     scenarios: int = 0
 
@@ -90,6 +92,15 @@ class Tally:
             details.append(f"... and {len(findings) - MAX_DETAILS} more distinct findings")
         details.extend(self.notes)
         exchanges = [finding.exchange for finding in findings[:MAX_EXCHANGES]]
+        if self.unobserved is not None:
+            return FuzzVerdict(
+                check_id,
+                "unverified",
+                self.unobserved,
+                details=details,
+                how_to_verify="a worker that serves POST /v1/inference and the job routes",
+                seconds=self.seconds,
+            )
         if self.aborted is not None:
             message = self.aborted
             if any(finding.check != TRANSPORT for finding in findings):

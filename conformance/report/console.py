@@ -30,6 +30,7 @@ from conformance.report.text import (
     OUTCOME_LABEL,
     clip,
     counted,
+    plural,
     request_line,
     response_line,
     summary_line,
@@ -40,8 +41,8 @@ from conformance.report.text import (
 
 __all__ = ["ConsoleProgress", "check_line", "render_console", "summary_text"]
 
-_GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "unverified": "?"}
-_STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "unverified": "magenta"}
+_GLYPH = {"passed": "✔", "failed": "✘", "warning": "!", "unverified": "?", "error": "‼"}
+_STYLE = {"passed": "green", "failed": "bold red", "warning": "yellow", "unverified": "magenta", "error": "bold yellow"}
 _REASON_CHARS = 100
 #: outside a terminal, progress notes are printed at most this often (CI logs stay short)
 NOTE_INTERVAL_S = 5.0
@@ -103,7 +104,20 @@ def _print_evidence(console: Console, result: CheckResult) -> None:
         console.print(Text("  replay: " + _clean(result.replay), style="dim"), soft_wrap=True)
 
 
-def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
+def _print_suite_error(console: Console, result: CheckResult) -> None:
+    text = Text()
+    text.append("ERROR ", style=_STYLE["error"])
+    text.append(f"{_clean(result.id)} ", style="bold")
+    text.append(_clean(result.message) + "\n")
+    for detail in result.details:
+        text.append(f"  {_hang(_clean(detail), '  ')}\n")
+    last = [line for line in result.traceback.strip().splitlines() if line.strip()][-3:]
+    for line in last:
+        text.append(f"    {_clean(line)}\n", style="dim")
+    console.print(text)
+
+
+def _diagnosis_text(diagnosis: Diagnosis) -> Text:
     body = Text()
     body.append(_clean(diagnosis.summary).rstrip() + "\n")
     if diagnosis.observations:
@@ -115,12 +129,18 @@ def _diagnosis_panel(diagnosis: Diagnosis) -> Panel:
         for number, fix in enumerate(diagnosis.fixes, 1):
             body.append(f"  {number}. {_hang(_clean(fix), '     ')}\n")
     body.rstrip()
-    return Panel(
-        body,
-        title=Text(f"Diagnosis: {_clean(diagnosis.name)}", style="bold"),
-        title_align="left",
-        border_style="red",
-    )
+    return body
+
+
+def _print_diagnosis(console: Console, diagnosis: Diagnosis) -> None:
+    """A box on a terminal (rich wraps inside it); plain lines elsewhere, so no width ever cuts the text."""
+    title = Text(f"Diagnosis: {_clean(diagnosis.name)}", style="bold")
+    if console.is_terminal:
+        console.print(Panel(_diagnosis_text(diagnosis), title=title, title_align="left", border_style="red"))
+        return
+    console.print(Text.assemble(("== ", "red"), title, (" ==", "red")), soft_wrap=True)
+    console.print(_diagnosis_text(diagnosis), soft_wrap=True)
+    console.print()
 
 
 def summary_text(report: Report) -> Text:
@@ -131,26 +151,61 @@ def summary_text(report: Report) -> Text:
 def render_console(report: Report, console: Console, *, lines_already_printed: bool = False) -> None:
     """Print the report on *console*.
 
-    A line per check (unless ``lines_already_printed``, i.e. :class:`ConsoleProgress` printed them
-    while the checks ran), then the evidence of failed and warning checks, the diagnoses, and the
-    summary line.
+    The diagnoses of the target lead (after the check lines, when :class:`ConsoleProgress` printed
+    them while the checks ran; else before them). Then the suite's own errors, the evidence of
+    failed and warning checks — grouped into one line each when a diagnosis explains them — the
+    unverified MUST rules (one line per distinct reason), and the summary line.
     """
     if not lines_already_printed:
         console.print(Text(f"dualcall conformance — {_clean(report.target)}", style="bold"))
+    for diagnosis in report.diagnoses:
+        _print_diagnosis(console, diagnosis)
+    if report.target_unsupported:
+        console.print(
+            Text(
+                f"{len(report.results)} checks not run (unverified): the target is not a dual-call worker "
+                f"({_clean(report.target_kind)})",
+                style=_STYLE["unverified"],
+            ),
+            soft_wrap=True,
+        )
+    elif not lines_already_printed:
         id_width = max((len(_clean(r.id)) for r in report.results), default=0) + 1
         for result in report.results:
             console.print(check_line(result, id_width=max(id_width, 16)))
+    errors = [r for r in report.results if r.outcome == "error"]
+    if errors:
+        console.print()
+        console.rule(Text("Errors of the suite (not findings about the worker)", style="bold"))
+        for result in errors:
+            _print_suite_error(console, result)
     problems = [r for r in report.results if r.outcome in ("failed", "warning")]
-    if problems:
+    explaining = [d for d in report.diagnoses if d.explains_failures]
+    if problems and explaining:
+        console.print()
+        names = ", ".join(_clean(d.name) for d in explaining)
+        console.rule(Text(f"Failures and warnings ({names})", style="bold"))
+        # the first failure's evidence reproduces what the diagnosis describes; the rest follow from it
+        _print_evidence(console, problems[0])
+        if len(problems) > 1:
+            console.print(
+                Text(
+                    f"The diagnosis above also explains {plural(len(problems) - 1, 'other check')} below; the "
+                    "evidence of each is in the JSON/HTML report (--json, --html):",
+                    style="dim",
+                ),
+                soft_wrap=True,
+            )
+            for result in problems[1:]:
+                console.print(check_line(result), soft_wrap=True)
+    elif problems:
         console.print()
         console.rule(Text("Failures and warnings", style="bold"))
         for result in problems:
             _print_evidence(console, result)
             console.print()
-    for diagnosis in report.diagnoses:
-        console.print(_diagnosis_panel(diagnosis))
     heading = unverified_heading(report)
-    if heading:
+    if heading and not report.target_unsupported:
         console.print()
         block = Text(heading + "\n", style="bold magenta")
         for line in unverified_lines(report):

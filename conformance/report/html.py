@@ -50,6 +50,7 @@ dl.meta dt { color: var(--muted); } dl.meta dd { margin: 0; }
          font-weight: 700; font-size: .8rem; color: #fff; }
 .badge.passed { background: var(--pass); } .badge.failed { background: var(--fail); }
 .badge.warning { background: var(--warn); } .badge.unverified { background: var(--skip); }
+.badge.error { background: var(--warn); color: #000; } details.error { border-left: 6px dashed var(--warn); }
 .diagnosis { border: 2px solid var(--fail); border-left-width: 8px; border-radius: 8px; background: #fff5f5;
              padding: .8rem 1.2rem; margin: 1.2rem 0; }
 .diagnosis h2 { margin: 0 0 .4rem; color: var(--fail); }
@@ -127,6 +128,8 @@ def _evidence(result: CheckResult, *, opened: bool, shown: dict[tuple[object, ..
     ]
     if result.details:
         parts.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in counted(result.details)) + "</ul>")
+    if result.traceback:
+        parts.append(f'<div class="label">traceback (a bug in the suite)</div><pre>{_e(result.traceback)}</pre>')
     for index, exchange in enumerate(result.exchanges, 1):
         key = _exchange_key(exchange)
         if key in shown:
@@ -157,7 +160,7 @@ def _diagnosis(diagnosis: Diagnosis) -> str:
 
 
 def _row(result: CheckResult) -> str:
-    has_evidence = result.outcome in ("failed", "warning")
+    has_evidence = result.outcome in ("failed", "warning", "error")
     check_id = f'<a href="#{_e(_anchor(result))}">{_e(result.id)}</a>' if has_evidence else _e(result.id)
     return (
         f'<tr class="{result.outcome}"><td><code>{check_id}</code></td><td>{_e(result.rule)}</td>'
@@ -184,7 +187,9 @@ def to_html(report: Report) -> str:
         ("warnings", summary.warnings),
         ("unverified", summary.unverified),
     ]
-    problems = [r for r in report.results if r.outcome in ("failed", "warning")]
+    if summary.errors:
+        counts.append(("suite errors", summary.errors))
+    problems = [r for r in report.results if r.outcome in ("error", "failed", "warning")]
     body = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -219,7 +224,7 @@ def to_html(report: Report) -> str:
         "</tbody></table>",
     ]
     if problems:
-        body.append(f"<h2>Failures and warnings ({len(problems)})</h2>")
+        body.append(f"<h2>Suite errors, failures and warnings ({len(problems)})</h2>")
         shown: dict[tuple[object, ...], str] = {}
         # only the first failure starts open: a page of expanded evidence hides the diagnosis and the table
         first = next((r for r in problems if r.outcome == "failed"), None)

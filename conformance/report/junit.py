@@ -47,7 +47,15 @@ def _testcase(parent: ET.Element, result: CheckResult, *, require_all: bool) -> 
     headline = f"[{result.rule} {result.level}] {result.message}"
     if result.how_to_verify:
         headline += f" — to verify: {result.how_to_verify}"
-    if result.outcome == "failed" or (result.outcome == "unverified" and require_all and result.level == "MUST"):
+    if result.outcome == "error":
+        _sub(
+            case,
+            "error",
+            "\n".join([*result.details, result.traceback]).strip(),
+            message=result.message,
+            type="suite-error",
+        )
+    elif result.outcome == "failed" or (result.outcome == "unverified" and require_all and result.level == "MUST"):
         _sub(case, "failure", _evidence_text(result), message=headline, type=result.id)
     elif result.outcome == "unverified":
         _sub(case, "skipped", message=f"NOT VERIFIED {headline}")
@@ -75,9 +83,9 @@ def to_junit_xml(report: Report) -> ET.Element:
     summary = report.summary
     failing_unverified = len(summary.unverified_must) if report.require_all else 0
     counts = {
-        "tests": str(len(report.results)),
-        "failures": str(summary.failed + failing_unverified),
-        "errors": "0",
+        "tests": str(len(report.results) + int(report.target_unsupported)),
+        "failures": str(summary.failed + failing_unverified + int(report.target_unsupported)),
+        "errors": str(summary.errors),
         "skipped": str(summary.unverified - failing_unverified),
         "time": f"{report.duration_s:.3f}",
     }
@@ -97,12 +105,20 @@ def to_junit_xml(report: Report) -> ET.Element:
         "threshold": report.threshold,
         "suite_version": report.suite_version,
         "verdict": "PASS" if report.ok else "FAIL",
+        "target_kind": report.target_kind,
         "unverified_must_rules": ", ".join(summary.unverified_must_rules),
     }
     for index, diagnosis in enumerate(report.diagnoses, 1):
         props[f"diagnosis.{index}"] = diagnosis.name
     for name, value in props.items():
         _sub(properties, "property", name=name, value=value)
+    if report.target_unsupported:
+        # said once, first: the checks below were not run against something that is not a dual-call worker
+        case = _sub(suite, "testcase", classname="dualcall.target", name=f"target: {report.target_kind}", time="0")
+        first = report.diagnoses[0] if report.diagnoses else None
+        message = first.summary if first else f"not a dual-call worker: {report.target_kind}"
+        text = "\n".join(first.observations + [f"fix: {fix}" for fix in first.fixes]) if first else ""
+        _sub(case, "failure", text, message=message, type="target")
     for result in report.results:
         _testcase(suite, result, require_all=report.require_all)
     _sub(suite, "system-out", _diagnoses_text(report))

@@ -16,7 +16,18 @@ from conformance.model import EXCERPT_BYTES, CheckResult, Exchange, Report
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _LONE_CR = re.compile("\r(?!\n)")
 
-OUTCOME_LABEL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "warning": "WARN", "unverified": "UNVERIFIED"}
+OUTCOME_LABEL: dict[str, str] = {
+    "passed": "PASS",
+    "failed": "FAIL",
+    "warning": "WARN",
+    "unverified": "UNVERIFIED",
+    "error": "ERROR",
+}
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 warning``, ``2 warnings``."""
+    return f"{count} {noun if count == 1 else (plural_form or noun + 's')}"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -61,16 +72,24 @@ def verdict_reason(report: Report) -> str:
         return f"PASS ({'; '.join(notes)})" if notes else "PASS"
     levels = sorted({r.level for r in report.results if r.outcome == "failed"}, key=("MUST", "SHOULD", "MAY").index)
     reasons = [f"{'/'.join(levels)} failures"] if levels else []
+    if summary.errors:
+        reasons.insert(0, f"{plural(summary.errors, 'check')} broken by a bug in the suite")
+    if report.target_unsupported:
+        reasons.insert(0, f"not a dual-call worker: {report.target_kind}")
     if report.require_all and unverified:
         reasons.append(f"{unverified}, --require-all")
     return f"FAIL ({'; '.join(reasons)})"
 
 
 def summary_line(report: Report) -> str:
-    """``31 passed, 2 failed, 1 warnings, 3 unverified in 4.2s — FAIL (MUST failures)``."""
+    """``31 passed, 2 failed, 1 warning, 3 unverified in 4.2s — FAIL (MUST failures)``.
+
+    Suite errors are counted only when there are any (``, 1 suite error``).
+    """
     s = report.summary
+    errors = f", {plural(s.errors, 'suite error')}" if s.errors else ""
     return (
-        f"{s.passed} passed, {s.failed} failed, {s.warnings} warnings, {s.unverified} unverified "
+        f"{s.passed} passed, {s.failed} failed, {plural(s.warnings, 'warning')}, {s.unverified} unverified{errors} "
         f"in {report.duration_s:.1f}s — {verdict_reason(report)}"
     )
 
@@ -84,12 +103,20 @@ def unverified_heading(report: Report) -> str:
 
 
 def unverified_lines(report: Report) -> list[str]:
-    """One line per unverified MUST check: the rule, the check, why, and what would verify it."""
-    lines = []
+    """One line per distinct reason an unverified MUST check gave: the rules, the checks, why, what would verify it.
+
+    Checks that could not observe their behaviour for the same reason (e.g. every one that needs a
+    dual-call submission, against a worker that does not hand off) share one line.
+    """
+    groups: dict[tuple[str, str], list[CheckResult]] = {}
     for result in report.summary.unverified_must:
-        line = f"{result.rule} ({result.id}): {result.message}"
-        if result.how_to_verify:
-            line += f" — to verify: {result.how_to_verify}"
+        groups.setdefault((result.message, result.how_to_verify), []).append(result)
+    lines = []
+    for (message, how_to_verify), results in groups.items():
+        rules = ", ".join(dict.fromkeys(result.rule for result in results))
+        line = f"{rules} ({', '.join(result.id for result in results)}): {message}"
+        if how_to_verify:
+            line += f" — to verify: {how_to_verify}"
         lines.append(line)
     return lines
 

@@ -1625,4 +1625,4 @@ def _other_stream_path() -> Middleware:
 
 # -- further catalogue modules (registered with `defect` above) ---------------------------------------------------
 
-from . import defects_idempotency, defects_outcomes, defects_robustness  # noqa: E402, F401
+from . import defects_idempotency, defects_liveness, defects_outcomes, defects_robustness  # noqa: E402, F401

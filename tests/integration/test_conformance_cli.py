@@ -354,6 +354,12 @@ def test_legacy_worker_fails_with_the_diagnosis(legacy_worker: WorkerProcess, tm
     assert any("curl " in exchange["curl"] for exchange in legacy["evidence"]["exchanges"])
     assert "FAIL DC-LEGACY-001 [DC-1.2 MUST]" in done.stdout
     assert "$ curl " in done.stdout
+    # the diagnosis leads; the failures it explains are one line each, not a block each
+    assert done.stdout.index("Diagnosis: legacy direct-SSE worker") < done.stdout.index("FAIL DC-LEGACY-001 [")
+    assert done.stdout.count("$ curl ") == 1, explain(done)
+    unverified = [line for line in done.stdout.splitlines() if line.startswith("  • DC-")]
+    rules = report["summary"]["unverified_must_rules"]
+    assert 0 < len(unverified) < len(rules) // 2, explain(done)  # grouped by reason, not one line per rule
 
     assert sum(suite.failures for suite in junit_suites(junit_path)) == report["summary"]["failed"] > 0
     failing = junit_failures(junit_path)

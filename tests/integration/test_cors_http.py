@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from helpers import post_job
 from workerproc import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -41,12 +42,10 @@ def cors_worker() -> Iterator[WorkerProcess]:
         yield worker
 
 
-def submit(worker: WorkerProcess, origin: str) -> httpx.Response:
-    return httpx.post(
-        worker.url + "/v1/inference",
-        json={"prompt": "cors", "max_tokens": 2},
-        headers={"Origin": origin, "Authorization": f"Bearer {TOKEN}"},
-        timeout=10,
+def post_from(worker: WorkerProcess, origin: str) -> httpx.Response:
+    """An authorised submit, as a page served from ``origin`` sends it."""
+    return post_job(
+        worker.url, {"prompt": "cors", "max_tokens": 2}, headers={"Origin": origin, "Authorization": f"Bearer {TOKEN}"}
     )
 
 
@@ -98,7 +97,7 @@ def test_preflight_for_unlisted_method_or_header_is_refused(cors_worker: WorkerP
 
 
 def test_responses_expose_contract_headers_to_allowed_origin(cors_worker: WorkerProcess) -> None:
-    posted = submit(cors_worker, ALLOWED)
+    posted = post_from(cors_worker, ALLOWED)
     assert posted.status_code == 202, posted.text
     assert posted.headers["access-control-allow-origin"] == ALLOWED
     assert "origin" in listed(posted.headers["vary"])
@@ -115,7 +114,7 @@ def test_responses_expose_contract_headers_to_allowed_origin(cors_worker: Worker
 
 
 def test_responses_to_other_origin_are_not_shared(cors_worker: WorkerProcess) -> None:
-    posted = submit(cors_worker, STRANGER)
+    posted = post_from(cors_worker, STRANGER)
     assert posted.status_code == 202  # CORS is the browser's business: the server still serves
     assert "access-control-allow-origin" not in posted.headers
     # auth still applies to cross-origin requests

@@ -248,8 +248,8 @@ def test_token_is_sent_and_masked() -> None:
         unauthenticated = run_fuzz(url, max_examples=3)
     finally:
         _stop(process)
-    # Without the token nothing is accepted, so no link can be followed.
-    assert _by_id(unauthenticated)["DC-FUZZ-003"].outcome == "failed"
+    # Without the token nothing is accepted, so no link can be followed: nothing observed, no failure either.
+    assert _by_id(unauthenticated)["DC-FUZZ-003"].outcome == "unverified"
     shown = [
         [result.message, *result.details, *(exchange.to_dict() for exchange in result.exchanges)]
         for result in results + unauthenticated

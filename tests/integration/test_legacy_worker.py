@@ -1,4 +1,4 @@
-"""The legacy direct-SSE worker (negative control) behaves the way the incident report describes."""
+"""The legacy direct-SSE worker (negative control) behaves the way openapi/SPEC.md describes the forbidden shape."""
 
 from __future__ import annotations
 

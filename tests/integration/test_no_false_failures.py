@@ -4,7 +4,7 @@ The suite runs repeatedly against fast conforming workers: the mock at zero toke
 ``max_tokens_cap`` 1, 16, 256 and 4096, with auth on and the token given, and every conforming
 variant of the broken-worker catalogue (absolute and path-relative ``sse_url``, CR and CRLF
 framing, no charset, ``no-store``, 409 for a second reader, a stream path other than the
-default), each with a different fuzz seed. Any failed or warning check is a defect of the suite.
+default), each with a different fuzz seed. Any failed or warning check, or a suite error, is a defect of the suite.
 
 By default (CI) the mock configurations run twice each, the first run with fuzzing; the variants
 run once each in ``test_broken_workers.py``. ``DUALCALL_REPEAT=N`` runs every configuration,
@@ -118,7 +118,9 @@ def _exercise(config: Config) -> Outcome:
                 else:
                     report = run(run_config)
                 outcome.runs += 1
-                outcome.bad += [_describe(index, r) for r in report.results if r.outcome in ("failed", "warning")]
+                outcome.bad += [
+                    _describe(index, r) for r in report.results if r.outcome in ("failed", "warning", "error")
+                ]
                 outcome.unverified |= {r.id for r in report.results if r.outcome == "unverified"}
     except Exception as exc:  # reported by the test, with the worker's output
         outcome.error = f"{type(exc).__name__}: {exc}\n{worker.output()[-2000:]}"

@@ -83,8 +83,45 @@ def test_mock_every_dualcall_item_passes(pytester: pytest.Pytester, fast_mock: W
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, output(result)
     assert outcomes.get("errors", 0) == 0, output(result)
-    assert outcomes["passed"] == len(non_fuzz_ids) - len(skipped_checks), output(result)
+    # every check that was not skipped, and the item that says what the target is
+    assert outcomes["passed"] == len(non_fuzz_ids) - len(skipped_checks) + 1, output(result)
     assert outcomes["skipped"] == len(fuzz_ids) + len(skipped_checks), output(result)
+
+
+@pytest.fixture
+def not_found_server() -> Iterator[str]:
+    """A loopback HTTP server that answers 404 to every request."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = do_DELETE = do_PUT = _answer
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_target_that_is_not_a_worker_fails_once(pytester: pytest.Pytester, not_found_server: str) -> None:
+    result = run(pytester, "--dualcall-url", not_found_server, "--dualcall-no-fuzz", "-q", "-rf")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1 and "passed" not in outcomes, output(result)
+    assert "not a dual-call worker" in result.stdout.str(), output(result)
 
 
 def test_legacy_failures_name_check_rule_and_curl(pytester: pytest.Pytester, legacy_worker: WorkerProcess) -> None:
@@ -178,3 +215,28 @@ def test_unreachable_url_is_a_usage_error(pytester: pytest.Pytester) -> None:
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert "passed" not in result.stdout.str()
     assert "failed" not in result.stdout.str()
+
+
+def test_a_bug_in_a_check_is_an_error_not_a_failure(pytester: pytest.Pytester, fast_mock: WorkerProcess) -> None:
+    """A check that raises (a bug planted here) is the suite's ERROR; the worker is not blamed."""
+    pytester.makeconftest(
+        """
+        import dataclasses
+        from conformance import registry
+        from conformance.checks import load_all
+
+        load_all()
+
+        def planted(ctx):
+            raise ZeroDivisionError("planted")
+
+        registry.REGISTRY["DC-SVC-001"] = dataclasses.replace(registry.REGISTRY["DC-SVC-001"], func=planted)
+        """
+    )
+    result = run(
+        pytester, "--dualcall-url", fast_mock.url, "--dualcall-no-fuzz", "--dualcall-checks", "DC-SVC-001,DC-SVC-006"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    text = result.stdout.str()
+    assert "ERROR" in text and "bug in the conformance suite" in text, output(result)
+    assert "ZeroDivisionError: planted" in text, output(result)

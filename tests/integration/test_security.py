@@ -12,13 +12,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from helpers import events_of
 from litestar.testing import TestClient
 from workerproc import WorkerProcess
 
 import workers.app as worker_app
 from conformance.model import CheckResult, Diagnosis, Exchange, Report
 from conformance.report.html import to_html
-from conformance.sse import parse_stream
 from workers.config import WorkerSettings
 from workers.engines.mock import MockEngine
 from workers.registry import new_job_id
@@ -144,7 +144,7 @@ def test_body_size_and_max_tokens_caps_are_configurable() -> None:
         too_big = client.post(url, content=over, headers={"Content-Type": "application/json"})
         assert too_big.status_code == 413 and too_big.headers["content-type"].startswith("application/problem+json")
         job = client.post(url, json={"prompt": "cap", "max_tokens": 100}).json()
-        events, _ = parse_stream(client.get(worker.url + job["sse_url"]).content)
+        events = events_of(client.get(worker.url + job["sse_url"]).content)
         end = json.loads(events[-2].data)
         assert end == {"tokens_out": 7, "stop_reason": "max_tokens"}
         assert client.get(worker.url + "/health").json()["max_tokens_cap"] == 7
@@ -178,7 +178,7 @@ def test_no_prompt_or_token_text_in_logs_at_info() -> None:
         streamed = ""
         for prompt in (secret, f"FAILME {secret}"):
             job = client.post(url, json={"prompt": prompt, "max_tokens": 300, "temperature": 1.5, "seed": 3}).json()
-            events, _ = parse_stream(client.get(worker.url + job["sse_url"]).content)
+            events = events_of(client.get(worker.url + job["sse_url"]).content)
             streamed += "".join(json.loads(e.data)["text"] for e in events if e.event == "token")
         client.post(url, json={"prompt": secret, "stop": [secret] * 9})  # 422: echoes nothing of the prompt in logs
         client.post(url, content=("[" * 5000 + secret).encode(), headers={"Content-Type": "application/json"})

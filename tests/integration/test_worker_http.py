@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import DEADLINE_S, events_of, post_job, stream_url, submit, wait_until
 from workerproc import WorkerProcess
 
 import openapi
-from conformance.sse import SSEEvent, SSEParser, parse_stream
+from conformance.sse import SSEEvent, SSEParser
 from workers.engines.base import GenerationRequest
 from workers.engines.mock import MockEngine
 
@@ -41,33 +42,6 @@ def slow_worker() -> Iterator[WorkerProcess]:
     """One generation slot, 100 ms per token, keep-alive every 50 ms. Tests DELETE their jobs."""
     with WorkerProcess("mock", "--concurrency", "1", "--token-delay-ms", "100", "--keepalive-s", "0.05") as worker:
         yield worker
-
-
-def submit(client: httpx.Client, worker: WorkerProcess, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
-    return client.post(worker.url + "/v1/inference", json=body, **kwargs)
-
-
-def submit_ok(client: httpx.Client, worker: WorkerProcess, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    response = submit(client, worker, body, **kwargs)
-    assert response.status_code == 202, response.text
-    data: dict[str, Any] = response.json()
-    return data
-
-
-def stream_url(worker: WorkerProcess, submitted: dict[str, Any]) -> str:
-    # follow sse_url as given, resolved against the POST URL (DC-1.7)
-    return str(httpx.URL(worker.url + "/v1/inference").join(submitted["sse_url"]))
-
-
-def read_stream(client: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:
-    response = client.get(url, **kwargs)
-    return response
-
-
-def strict_events(raw: bytes) -> list[SSEEvent]:
-    events, issues = parse_stream(raw, strict=True)
-    assert not issues, issues
-    return events
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -97,20 +71,11 @@ def final_event(events: list[SSEEvent]) -> tuple[str, dict[str, Any]]:
     return events[-2].event, json.loads(events[-2].data)
 
 
-def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    pytest.fail("condition not reached in time")
-
-
 # -- submit -----------------------------------------------------------------------------------------------
 
 
 def test_submit_answers_202_with_location(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    response = submit(client, mock_worker, {"prompt": "hi", "max_tokens": 3})
+    response = post_job(mock_worker.url, {"prompt": "hi", "max_tokens": 3}, client=client)
     assert response.status_code == 202
     assert response.headers["content-type"].split(";")[0] == "application/json"
     assert response.headers[CONTRACT] == VERSION
@@ -119,7 +84,7 @@ def test_submit_answers_202_with_location(client: httpx.Client, mock_worker: Wor
     assert response.headers["location"] == body["sse_url"]
     assert body["sse_url"] == f"/v1/inference/{body['job_id']}/stream"
     assert body["status_url"] == f"/v1/inference/{body['job_id']}"
-    other = submit_ok(client, mock_worker, {"prompt": "hi", "max_tokens": 3})
+    other = submit(mock_worker.url, {"prompt": "hi", "max_tokens": 3}, client=client)
     assert other["job_id"] != body["job_id"]
 
 
@@ -136,13 +101,13 @@ def test_submit_accepts_integral_numbers_for_integer_fields(client: httpx.Client
 
 
 def test_stream_headers_and_event_grammar(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "grammar", "max_tokens": 10})
-    response = read_stream(client, stream_url(mock_worker, submitted))
+    submitted = submit(mock_worker.url, {"prompt": "grammar", "max_tokens": 10}, client=client)
+    response = client.get(stream_url(mock_worker.url, submitted))
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers[CONTRACT] == VERSION
-    events = strict_events(response.content)
+    events = events_of(response.content)
     assert [e.event for e in events] == ["started"] + ["token"] * 10 + ["end", "message"]
     assert [e.id for e in events[:-1]] == [str(i) for i in range(1, 13)]
     assert [e.has_id_field for e in events] == [True] * 12 + [False]
@@ -156,8 +121,8 @@ def test_stream_headers_and_event_grammar(client: httpx.Client, mock_worker: Wor
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 def test_tricky_tokens_round_trip_exactly(client: httpx.Client, mock_worker: WorkerProcess, seed: int) -> None:
     prompt = "Round-trip 日本語 🚀\r\n"
-    submitted = submit_ok(client, mock_worker, {"prompt": prompt, "max_tokens": 64, "seed": seed})
-    events = strict_events(read_stream(client, stream_url(mock_worker, submitted)).content)
+    submitted = submit(mock_worker.url, {"prompt": prompt, "max_tokens": 64, "seed": seed}, client=client)
+    events = events_of(client.get(stream_url(mock_worker.url, submitted)).content)
     expected = MockEngine().tokens(GenerationRequest(prompt=prompt, max_tokens=64, seed=seed))
     assert token_texts(events) == expected
     assert "".join(token_texts(events)) == "".join(expected)
@@ -166,8 +131,8 @@ def test_tricky_tokens_round_trip_exactly(client: httpx.Client, mock_worker: Wor
 def test_tricky_tokens_do_occur_over_the_wire(client: httpx.Client, mock_worker: WorkerProcess) -> None:
     seen: set[str] = set()
     for seed in range(10):
-        submitted = submit_ok(client, mock_worker, {"prompt": "tricky", "max_tokens": 64, "seed": seed})
-        seen.update(token_texts(strict_events(read_stream(client, stream_url(mock_worker, submitted)).content)))
+        submitted = submit(mock_worker.url, {"prompt": "tricky", "max_tokens": 64, "seed": seed}, client=client)
+        seen.update(token_texts(events_of(client.get(stream_url(mock_worker.url, submitted)).content)))
     assert {"\n", "\r", "[DONE]", "data: [DONE]"} <= seen
 
 
@@ -175,8 +140,8 @@ def test_stop_and_max_tokens_over_http(client: httpx.Client, mock_worker: Worker
     expected = MockEngine().tokens(GenerationRequest(prompt="stop", max_tokens=30, seed=9))
     stop = expected[12]
     full = "".join(expected)
-    submitted = submit_ok(client, mock_worker, {"prompt": "stop", "max_tokens": 30, "seed": 9, "stop": [stop]})
-    events = strict_events(read_stream(client, stream_url(mock_worker, submitted)).content)
+    submitted = submit(mock_worker.url, {"prompt": "stop", "max_tokens": 30, "seed": 9, "stop": [stop]}, client=client)
+    events = events_of(client.get(stream_url(mock_worker.url, submitted)).content)
     assert "".join(token_texts(events)) == full[: full.find(stop)]
     event, data = final_event(events)
     assert event == "end"
@@ -186,8 +151,8 @@ def test_stop_and_max_tokens_over_http(client: httpx.Client, mock_worker: Worker
 
 
 def test_default_max_tokens_is_64(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "default"})
-    events = strict_events(read_stream(client, stream_url(mock_worker, submitted)).content)
+    submitted = submit(mock_worker.url, {"prompt": "default"}, client=client)
+    events = events_of(client.get(stream_url(mock_worker.url, submitted)).content)
     assert final_event(events) == ("end", {"tokens_out": 64, "stop_reason": "max_tokens"})
 
 
@@ -210,17 +175,19 @@ def test_415_wrong_content_type(client: httpx.Client, mock_worker: WorkerProcess
 
 def test_413_body_too_large(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--max-body-bytes", "1000")
-    assert_problem(submit(client, worker, {"prompt": "x" * 2000}), 413)
-    assert submit(client, worker, {"prompt": "x" * 100}).status_code == 202
+    assert_problem(post_job(worker.url, {"prompt": "x" * 2000}, client=client), 413)
+    assert post_job(worker.url, {"prompt": "x" * 100}, client=client).status_code == 202
 
 
 def test_422_client_job_id(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    body = assert_problem(submit(client, mock_worker, {"job_id": "test-job-001", "prompt": "x", "max_tokens": 5}), 422)
+    body = assert_problem(
+        post_job(mock_worker.url, {"job_id": "test-job-001", "prompt": "x", "max_tokens": 5}, client=client), 422
+    )
     assert "server assigns job ids" in body["detail"].lower()
 
 
 def test_422_unknown_field(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    body = assert_problem(submit(client, mock_worker, {"prompt": "x", "temprature": 0.5}), 422)
+    body = assert_problem(post_job(mock_worker.url, {"prompt": "x", "temprature": 0.5}, client=client), 422)
     assert "temprature" in body["detail"]
 
 
@@ -247,11 +214,11 @@ def test_422_unknown_field(client: httpx.Client, mock_worker: WorkerProcess) -> 
     ids=lambda body: json.dumps(body)[:40],
 )
 def test_422_invalid_values(client: httpx.Client, mock_worker: WorkerProcess, body: dict[str, Any]) -> None:
-    assert_problem(submit(client, mock_worker, body), 422)
+    assert_problem(post_job(mock_worker.url, body, client=client), 422)
 
 
 def test_422_body_not_an_object(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    assert_problem(submit(client, mock_worker, ["prompt"]), 422)  # type: ignore[arg-type]
+    assert_problem(post_job(mock_worker.url, ["prompt"], client=client), 422)
 
 
 @pytest.mark.parametrize("method,suffix", [("GET", "/stream"), ("GET", ""), ("DELETE", "")])
@@ -295,10 +262,10 @@ def test_401_when_auth_is_on(client: httpx.Client, start_worker: Any) -> None:
         {"Authorization": "Basic secret"},
         {"Authorization": "secret"},
     ):
-        response = submit(client, worker, {"prompt": "x"}, headers=headers)
+        response = post_job(worker.url, {"prompt": "x"}, headers=headers, client=client)
         assert_problem(response, 401)
         assert response.headers["www-authenticate"].startswith("Bearer")
-    submitted = submit_ok(client, worker, {"prompt": "x", "max_tokens": 3}, headers=good)
+    submitted = submit(worker.url, {"prompt": "x", "max_tokens": 3}, headers=good, client=client)
     job = submitted["job_id"]
     for method, path in (
         ("GET", f"/v1/inference/{job}/stream"),
@@ -310,7 +277,7 @@ def test_401_when_auth_is_on(client: httpx.Client, start_worker: Any) -> None:
         assert response.headers["www-authenticate"].startswith("Bearer")
     health = client.get(worker.url + "/health")
     assert health.status_code == 200
-    events = strict_events(read_stream(client, stream_url(worker, submitted), headers=good).content)
+    events = events_of(client.get(stream_url(worker.url, submitted), headers=good).content)
     assert final_event(events)[0] == "end"
     assert client.get(worker.url + submitted["status_url"], headers=good).status_code == 200
     assert client.delete(worker.url + submitted["status_url"], headers=good).status_code == 202
@@ -318,80 +285,92 @@ def test_401_when_auth_is_on(client: httpx.Client, start_worker: Any) -> None:
 
 def test_503_retry_after_when_queue_full(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--concurrency", "1", "--queue-limit", "0", "--token-delay-ms", "200")
-    first = submit_ok(client, worker, {"prompt": "x", "max_tokens": 50})
-    response = submit(client, worker, {"prompt": "y", "max_tokens": 1})
+    first = submit(worker.url, {"prompt": "x", "max_tokens": 50}, client=client)
+    response = post_job(worker.url, {"prompt": "y", "max_tokens": 1}, client=client)
     assert_problem(response, 503)
     assert response.headers["retry-after"].isdigit()
     assert client.delete(worker.url + first["status_url"]).status_code == 202
-    wait_for(lambda: submit(client, worker, {"prompt": "z", "max_tokens": 1}).status_code == 202, timeout_s=5)
+    wait_until(
+        lambda: post_job(worker.url, {"prompt": "z", "max_tokens": 1}, client=client).status_code == 202,
+        "a free queue slot once the first job completed",
+    )
 
 
 # -- replay and resume --------------------------------------------------------------------------------------
 
 
 def test_second_reader_gets_identical_replay(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "replay", "max_tokens": 20})
-    url = stream_url(mock_worker, submitted)
-    first = read_stream(client, url).content
-    second = read_stream(client, url).content
+    submitted = submit(mock_worker.url, {"prompt": "replay", "max_tokens": 20}, client=client)
+    url = stream_url(mock_worker.url, submitted)
+    first = client.get(url).content
+    second = client.get(url).content
     assert first == second
-    assert len(strict_events(first)) == 23  # started, 20 tokens, end, DONE
+    assert len(events_of(first)) == 23  # started, 20 tokens, end, DONE
 
 
 def test_concurrent_readers_of_a_live_job_get_identical_streams(
     client: httpx.Client, slow_worker: WorkerProcess
 ) -> None:
-    submitted = submit_ok(client, slow_worker, {"prompt": "live", "max_tokens": 8})
-    url = stream_url(slow_worker, submitted)
+    submitted = submit(slow_worker.url, {"prompt": "live", "max_tokens": 8}, client=client)
+    url = stream_url(slow_worker.url, submitted)
     results: dict[str, bytes] = {}
+    first_token = threading.Event()
 
-    def read(name: str, delay_s: float) -> None:
-        time.sleep(delay_s)
-        with httpx.Client(timeout=TIMEOUT) as own:
-            results[name] = own.get(url).content
+    def read(name: str) -> None:
+        raw = bytearray()
+        parser = SSEParser(strict=True)
+        with httpx.Client(timeout=TIMEOUT) as own, own.stream("GET", url) as response:
+            for chunk in response.iter_bytes():
+                raw += chunk
+                if any(e.event == "token" for e in parser.feed(chunk)):
+                    first_token.set()
+        results[name] = bytes(raw)
 
-    threads = [threading.Thread(target=read, args=(name, delay)) for name, delay in (("a", 0), ("b", 0.35))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(15)
-    events_a = [e for e in strict_events(results["a"])]
-    events_b = [e for e in strict_events(results["b"])]
+    # the second reader attaches once the first one has seen a token: mid-stream, not at the start
+    first = threading.Thread(target=read, args=("a",))
+    first.start()
+    assert first_token.wait(DEADLINE_S), "no token reached the first reader"
+    second = threading.Thread(target=read, args=("b",))
+    second.start()
+    for thread in (first, second):
+        thread.join(DEADLINE_S)
+    events_a = [e for e in events_of(results["a"])]
+    events_b = [e for e in events_of(results["b"])]
     assert [(e.id, e.event, e.data) for e in events_a] == [(e.id, e.event, e.data) for e in events_b]
     assert final_event(events_a) == ("end", {"tokens_out": 8, "stop_reason": "max_tokens"})
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_last_event_id_resumes_after_k(client: httpx.Client, mock_worker: WorkerProcess, k: int) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "resume", "max_tokens": 10})
-    url = stream_url(mock_worker, submitted)
-    full = strict_events(read_stream(client, url).content)
-    response = read_stream(client, url, headers={"Last-Event-ID": str(k)})
+    submitted = submit(mock_worker.url, {"prompt": "resume", "max_tokens": 10}, client=client)
+    url = stream_url(mock_worker.url, submitted)
+    full = events_of(client.get(url).content)
+    response = client.get(url, headers={"Last-Event-ID": str(k)})
     assert response.status_code == 200
-    resumed = strict_events(response.content)
+    resumed = events_of(response.content)
     assert [(e.event, e.data, e.id) for e in resumed] == [(e.event, e.data, e.id) for e in full[k:]]
     assert resumed[0].id == str(k + 1)
 
 
 def test_204_after_the_final_event(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "final", "max_tokens": 4})
-    url = stream_url(mock_worker, submitted)
-    events = strict_events(read_stream(client, url).content)
+    submitted = submit(mock_worker.url, {"prompt": "final", "max_tokens": 4}, client=client)
+    url = stream_url(mock_worker.url, submitted)
+    events = events_of(client.get(url).content)
     final_id = int(events[-2].id or 0)
     assert final_id == 6
     for last in (final_id, final_id + 1, 10**6):
-        response = read_stream(client, url, headers={"Last-Event-ID": str(last)})
+        response = client.get(url, headers={"Last-Event-ID": str(last)})
         assert response.status_code == 204
         assert response.content == b""
         assert response.headers[CONTRACT] == VERSION
-    before = read_stream(client, url, headers={"Last-Event-ID": str(final_id - 1)})
-    assert [e.event for e in strict_events(before.content)] == ["end", "message"]
+    before = client.get(url, headers={"Last-Event-ID": str(final_id - 1)})
+    assert [e.event for e in events_of(before.content)] == ["end", "message"]
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "+3", "0x1", "1e3"])
 def test_400_on_bad_last_event_id(client: httpx.Client, mock_worker: WorkerProcess, value: str) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "bad id", "max_tokens": 2})
-    response = read_stream(client, stream_url(mock_worker, submitted), headers={"Last-Event-ID": value})
+    submitted = submit(mock_worker.url, {"prompt": "bad id", "max_tokens": 2}, client=client)
+    response = client.get(stream_url(mock_worker.url, submitted), headers={"Last-Event-ID": value})
     assert_problem(response, 400)
 
 
@@ -399,10 +378,13 @@ def test_400_on_bad_last_event_id(client: httpx.Client, mock_worker: WorkerProce
 
 
 def test_status_states_queued_running_completed(client: httpx.Client, slow_worker: WorkerProcess) -> None:
-    running = submit_ok(client, slow_worker, {"prompt": "long", "max_tokens": 1000})
-    queued = submit_ok(client, slow_worker, {"prompt": "short", "max_tokens": 2})
+    running = submit(slow_worker.url, {"prompt": "long", "max_tokens": 1000}, client=client)
+    queued = submit(slow_worker.url, {"prompt": "short", "max_tokens": 2}, client=client)
     try:
-        wait_for(lambda: client.get(slow_worker.url + running["status_url"]).json()["state"] == "running")
+        wait_until(
+            lambda: client.get(slow_worker.url + running["status_url"]).json()["state"] == "running",
+            "the first job to run",
+        )
         status = client.get(slow_worker.url + queued["status_url"])
         assert status.status_code == 200
         assert status.headers[CONTRACT] == VERSION
@@ -416,7 +398,10 @@ def test_status_states_queued_running_completed(client: httpx.Client, slow_worke
         assert body["started_at"] is None
         cancelled = client.delete(slow_worker.url + running["status_url"])
         assert cancelled.json()["state"] == "cancelled"
-        wait_for(lambda: client.get(slow_worker.url + queued["status_url"]).json()["state"] == "completed")
+        wait_until(
+            lambda: client.get(slow_worker.url + queued["status_url"]).json()["state"] == "completed",
+            "the queued job to complete",
+        )
         done = client.get(slow_worker.url + queued["status_url"]).json()
         assert done["tokens_out"] == 2
         assert done["stop_reason"] == "max_tokens"
@@ -428,8 +413,8 @@ def test_status_states_queued_running_completed(client: httpx.Client, slow_worke
 
 
 def test_delete_running_job_ends_attached_reader(client: httpx.Client, slow_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, slow_worker, {"prompt": "cancel me", "max_tokens": 1000})
-    url = stream_url(slow_worker, submitted)
+    submitted = submit(slow_worker.url, {"prompt": "cancel me", "max_tokens": 1000}, client=client)
+    url = stream_url(slow_worker.url, submitted)
     raw = bytearray()
     parser = SSEParser(strict=True)
     seen: list[SSEEvent] = []
@@ -440,16 +425,17 @@ def test_delete_running_job_ends_attached_reader(client: httpx.Client, slow_work
             chunk = next(chunks)
             raw += chunk
             seen += parser.feed(chunk)
-        started = time.monotonic()
         deleted = client.delete(slow_worker.url + submitted["status_url"])
         assert deleted.status_code == 202
         assert deleted.headers[CONTRACT] == VERSION
         assert deleted.json()["state"] == "cancelled"
         assert deleted.json()["job_id"] == submitted["job_id"]
+        # the job had 1000 tokens at 100 ms each to go: a stream the DELETE did not end outlives the deadline
+        deadline = time.monotonic() + DEADLINE_S
         for chunk in chunks:
             raw += chunk
-    assert time.monotonic() - started < 3
-    events = strict_events(bytes(raw))
+            assert time.monotonic() < deadline, "the attached stream went on after the DELETE"
+    events = events_of(bytes(raw))
     event, data = final_event(events)
     assert (event, data["stop_reason"]) == ("end", "cancelled")
     assert data["tokens_out"] < 1000
@@ -460,32 +446,33 @@ def test_delete_running_job_ends_attached_reader(client: httpx.Client, slow_work
 
 
 def test_delete_finished_job(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "done", "max_tokens": 3})
-    read_stream(client, stream_url(mock_worker, submitted))
+    submitted = submit(mock_worker.url, {"prompt": "done", "max_tokens": 3}, client=client)
+    client.get(stream_url(mock_worker.url, submitted))
     response = client.delete(mock_worker.url + submitted["status_url"])
     assert response.status_code == 202
     assert response.json()["state"] == "completed"
     assert_problem(client.get(mock_worker.url + submitted["status_url"]), 404)
-    assert_problem(client.get(stream_url(mock_worker, submitted)), 404)
+    assert_problem(client.get(stream_url(mock_worker.url, submitted)), 404)
 
 
 def test_ttl_reclaims_jobs(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--ttl-s", "0.5")
     assert client.get(worker.url + "/health").json()["job_ttl_s"] == 0.5
-    unattached = submit_ok(client, worker, {"prompt": "nobody reads me", "max_tokens": 3})
-    finished = submit_ok(client, worker, {"prompt": "read me", "max_tokens": 3})
-    read_stream(client, stream_url(worker, finished))
+    unattached = submit(worker.url, {"prompt": "nobody reads me", "max_tokens": 3}, client=client)
+    finished = submit(worker.url, {"prompt": "read me", "max_tokens": 3}, client=client)
+    client.get(stream_url(worker.url, finished))
     assert client.get(worker.url + finished["status_url"]).status_code == 200
-    time.sleep(1.5)
+    # polling the status URL neither attaches a reader nor refreshes the TTL
     for job in (unattached, finished):
+        wait_until(lambda job=job: client.get(worker.url + job["status_url"]).status_code == 404, "the TTL sweep")
         assert_problem(client.get(worker.url + job["status_url"]), 404)
-        assert_problem(client.get(stream_url(worker, job)), 404)
+        assert_problem(client.get(stream_url(worker.url, job)), 404)
 
 
 def test_fail_after_gives_error_event(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--fail-after", "3")
-    submitted = submit_ok(client, worker, {"prompt": "fail", "max_tokens": 10})
-    events = strict_events(read_stream(client, stream_url(worker, submitted)).content)
+    submitted = submit(worker.url, {"prompt": "fail", "max_tokens": 10}, client=client)
+    events = events_of(client.get(stream_url(worker.url, submitted)).content)
     assert [e.event for e in events] == ["started", "token", "token", "token", "error", "message"]
     event, data = final_event(events)
     assert event == "error"
@@ -518,7 +505,7 @@ def test_health(client: httpx.Client, mock_worker: WorkerProcess) -> None:
 
 
 def test_metrics(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submit_ok(client, mock_worker, {"prompt": "metrics", "max_tokens": 1})
+    submit(mock_worker.url, {"prompt": "metrics", "max_tokens": 1}, client=client)
     response = client.get(mock_worker.url + "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -543,17 +530,17 @@ def test_openapi_document_served(client: httpx.Client, mock_worker: WorkerProces
 
 
 def test_contract_version_header_everywhere(client: httpx.Client, mock_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, mock_worker, {"prompt": "v", "max_tokens": 1})
+    submitted = submit(mock_worker.url, {"prompt": "v", "max_tokens": 1}, client=client)
     responses = [
-        submit(client, mock_worker, {"prompt": "v", "max_tokens": 1}),
+        post_job(mock_worker.url, {"prompt": "v", "max_tokens": 1}, client=client),
         client.get(mock_worker.url + submitted["status_url"]),
-        read_stream(client, stream_url(mock_worker, submitted)),
+        client.get(stream_url(mock_worker.url, submitted)),
         client.get(mock_worker.url + "/health"),
         client.get(mock_worker.url + "/metrics"),
         client.get(mock_worker.url + "/openapi.json"),
         client.get(mock_worker.url + "/nowhere"),
         client.put(mock_worker.url + "/v1/inference"),
-        submit(client, mock_worker, {"prompt": ""}),
+        post_job(mock_worker.url, {"prompt": ""}, client=client),
         client.post(mock_worker.url + "/v1/inference", content=b"{", headers={"content-type": "application/json"}),
         client.get(mock_worker.url + "/v1/inference/unknown-unknown-unknown"),
     ]
@@ -571,8 +558,8 @@ def test_unknown_path_is_problem_404(client: httpx.Client, mock_worker: WorkerPr
 def test_keepalive_comments_while_slow(client: httpx.Client, start_worker: Any) -> None:
     worker = start_worker("mock", "--keepalive-s", "0.2", "--token-delay-ms", "500")
     assert client.get(worker.url + "/health").json()["keepalive_s"] == 0.2
-    submitted = submit_ok(client, worker, {"prompt": "slow", "max_tokens": 2})
-    response = read_stream(client, stream_url(worker, submitted))
+    submitted = submit(worker.url, {"prompt": "slow", "max_tokens": 2}, client=client)
+    response = client.get(stream_url(worker.url, submitted))
     assert b"\n: keep-alive\n\n" in response.content
     parser = SSEParser(strict=True)
     events = parser.feed(response.content) + parser.close()
@@ -587,33 +574,30 @@ def test_sigterm_ends_open_stream_cleanly(start_worker: Any) -> None:
     parser = SSEParser(strict=True)
     seen: list[SSEEvent] = []
     with httpx.Client(timeout=TIMEOUT) as http:
-        submitted = submit_ok(http, worker, {"prompt": "shutdown", "max_tokens": 1000})
-        with http.stream("GET", stream_url(worker, submitted)) as response:
+        submitted = submit(worker.url, {"prompt": "shutdown", "max_tokens": 1000}, client=http)
+        with http.stream("GET", stream_url(worker.url, submitted)) as response:
             chunks = response.iter_bytes()
             while not any(e.event == "token" for e in seen):
                 chunk = next(chunks)
                 raw += chunk
                 seen += parser.feed(chunk)
             assert worker.proc is not None
-            signalled = time.monotonic()
             worker.proc.send_signal(signal.SIGTERM)
             for chunk in chunks:
                 raw += chunk
-    events = strict_events(bytes(raw))
+    events = events_of(bytes(raw))
     event, data = final_event(events)
     assert event == "error"
     assert data["code"] == "shutdown"
-    code = worker.proc.wait(10)
-    assert code == 0
-    assert time.monotonic() - signalled < 10
+    assert worker.proc.wait(DEADLINE_S) == 0
     worker.stop()
     assert "Traceback" not in worker.stderr, worker.output()
     assert "dualcall worker stopped" in worker.stderr, worker.output()
 
 
 def test_reader_disconnect_does_not_disturb_others(client: httpx.Client, slow_worker: WorkerProcess) -> None:
-    submitted = submit_ok(client, slow_worker, {"prompt": "disconnect", "max_tokens": 6})
-    url = stream_url(slow_worker, submitted)
+    submitted = submit(slow_worker.url, {"prompt": "disconnect", "max_tokens": 6}, client=client)
+    url = stream_url(slow_worker.url, submitted)
     result: dict[str, bytes] = {}
 
     def full_reader() -> None:
@@ -628,12 +612,12 @@ def test_reader_disconnect_does_not_disturb_others(client: httpx.Client, slow_wo
             if any(e.event == "token" for e in parser.feed(chunk)):
                 break  # leave mid-stream: the connection is closed with the client
     thread.join(15)
-    events = strict_events(result["full"])
+    events = events_of(result["full"])
     assert final_event(events) == ("end", {"tokens_out": 6, "stop_reason": "max_tokens"})
     expected = MockEngine().tokens(GenerationRequest(prompt="disconnect", max_tokens=6))
     assert token_texts(events) == expected
     # the worker keeps serving: a later job runs to completion and health is ok
-    later = submit_ok(client, slow_worker, {"prompt": "later", "max_tokens": 2})
-    later_events = strict_events(read_stream(client, stream_url(slow_worker, later)).content)
+    later = submit(slow_worker.url, {"prompt": "later", "max_tokens": 2}, client=client)
+    later_events = events_of(client.get(stream_url(slow_worker.url, later)).content)
     assert final_event(later_events) == ("end", {"tokens_out": 2, "stop_reason": "max_tokens"})
     assert client.get(slow_worker.url + "/health").json()["status"] == "ok"

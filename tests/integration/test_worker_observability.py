@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 
 import httpx
 import pytest
+from helpers import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -28,11 +28,9 @@ PROMPT = "PROMPT-SENTINEL-d41d8c: please keep this out of the logs"
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+ ")
 
 
-def wait_for(worker: WorkerProcess, condition: Callable[[str], bool], timeout_s: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while not condition(worker.stderr):
-        assert time.monotonic() < deadline, f"log condition not met\n{worker.output()}"
-        time.sleep(0.05)
+def logs_when(worker: WorkerProcess, condition: Callable[[str], bool]) -> str:
+    """The worker's log once ``condition`` holds for it."""
+    wait_until(lambda: condition(worker.stderr), lambda: f"a log line; the worker printed:\n{worker.output()}")
     return worker.stderr
 
 
@@ -52,7 +50,7 @@ def test_text_logs_are_timestamped_carry_the_job_id_and_no_prompt_or_tokens(star
     with DualCallClient(worker.url) as client:
         job_id, completion = run_job(client, 24)
     assert len(completion.text) > 20
-    logs = wait_for(worker, lambda text: text.count(job_id) >= 5)
+    logs = logs_when(worker, lambda text: text.count(job_id) >= 5)
     lines = [line for line in logs.splitlines() if line]
     for line in lines:
         assert TEXT_LINE.match(line), line  # uvicorn's own lines included
@@ -74,7 +72,7 @@ def test_json_logs_are_one_object_per_line_with_job_ids(start_worker: StartWorke
     with DualCallClient(worker.url) as client:
         job_id, completion = run_job(client, 8)
     assert completion.stop_reason is None  # the engine failed after 2 tokens: an error event, no end
-    logs = wait_for(worker, lambda text: text.count(job_id) >= 4)
+    logs = logs_when(worker, lambda text: text.count(job_id) >= 4)
     records = [json.loads(line) for line in logs.splitlines() if line]
     for record in records:
         assert {"ts", "level", "logger", "message"} <= record.keys(), record
@@ -135,13 +133,16 @@ def test_metrics_histograms_after_real_jobs(start_worker: StartWorker) -> None:
                 client.cancel(long_job)
                 break
         exposition = ""
-        deadline = time.monotonic() + 10
-        while 'dualcall_stream_duration_seconds_count{state="cancelled"}' not in exposition:
-            assert time.monotonic() < deadline, exposition
+
+        def cancelled_stream_counted() -> bool:
+            nonlocal exposition
             response = httpx.get(worker.url + "/metrics")
             assert response.status_code == 200
             assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
             exposition = response.text
+            return 'dualcall_stream_duration_seconds_count{state="cancelled"}' in exposition
+
+        wait_until(cancelled_stream_counted, "the cancelled stream in the duration histogram")
     samples = parse(exposition)
     ttft = samples["dualcall_time_to_first_token_seconds"]
     interval = samples["dualcall_token_interval_seconds"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from helpers import wait_until_async
 
 from workers.engines.base import (
     Chunk,
@@ -24,9 +25,10 @@ from workers.engines.base import (
 from workers.engines.exllamav2 import (
     INSTALL_HINT,
     NO_CUDA,
+    ExLlamaV2Backend,
     ExLlamaV2Engine,
-    _ExLlamaV2Backend,
-    _StopFilter,
+    JobHandle,
+    StopFilter,
     count_tokens,
     eos_token_ids,
     sampler_params,
@@ -167,13 +169,6 @@ async def engine() -> AsyncIterator[tuple[ExLlamaV2Engine, FakeGenerator]]:
     await asyncio.wait_for(eng.close(), TIMEOUT)
 
 
-async def wait_until(cond: Any) -> None:
-    """Poll a condition the generator thread makes true (no event to wait on across threads)."""
-    async with asyncio.timeout(TIMEOUT):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -280,7 +275,7 @@ async def test_close_iterator_cancels_on_generator_thread(
     first = await asyncio.wait_for(it.__anext__(), TIMEOUT)
     assert first.text == "t0 "
     await it.aclose()
-    await wait_until(lambda: len(fake.cancelled) == 1)
+    await wait_until_async(lambda: len(fake.cancelled) == 1, "the generator job cancelled")
     assert fake.cancelled[0].cancelled_on == "dualcall-exllamav2"
     assert fake.num_remaining_jobs() == 0
     chunks = await collect(eng, req(3))
@@ -301,7 +296,7 @@ async def test_task_cancel_cancels_job(engine: tuple[ExLlamaV2Engine, FakeGenera
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: len(fake.cancelled) == 1)
+    await wait_until_async(lambda: len(fake.cancelled) == 1, "the generator job cancelled")
     assert (await collect(eng, req(2)))[-1].stop_reason == "max_tokens"
 
 
@@ -342,7 +337,7 @@ async def test_disconnect_storm_leaves_engine_serving(
         await it.aclose()  # type: ignore[attr-defined]
 
     await asyncio.wait_for(asyncio.gather(*(read_some(i, it) for i, it in enumerate(iterators))), TIMEOUT)
-    await wait_until(lambda: fake.num_remaining_jobs() == 0)
+    await wait_until_async(lambda: fake.num_remaining_jobs() == 0, "the generator to finish its jobs")
     assert len(fake.cancelled) == 50
     assert threading.active_count() == threads_before
     assert eng.health().ok
@@ -389,7 +384,7 @@ async def test_thread_death_turns_health_off_and_fails_waiters(
     fake.die_next = True
     with pytest.raises(EngineError):
         await collect(eng, req(3))
-    await wait_until(lambda: not eng.health().ok)
+    await wait_until_async(lambda: not eng.health().ok, "the engine to report unhealthy")
     assert "died" in eng.health().detail
     with pytest.raises(EngineError):
         await collect(eng, req(3))
@@ -521,8 +516,8 @@ class RecordingJob:
         self.kw = kw
 
 
-def real_backend(max_seq_len: int = 64) -> _ExLlamaV2Backend:
-    return _ExLlamaV2Backend(
+def real_backend(max_seq_len: int = 64) -> ExLlamaV2Backend:
+    return ExLlamaV2Backend(
         generator=types.SimpleNamespace(pending_jobs=[], active_jobs=[]),
         tokenizer=FakeTokenizer(),
         settings_cls=FakeSettings,
@@ -563,7 +558,7 @@ def test_real_backend_rejects_too_long() -> None:
 
 
 def test_real_backend_every_eos_id_is_a_stop_token() -> None:
-    backend = _ExLlamaV2Backend(
+    backend = ExLlamaV2Backend(
         generator=types.SimpleNamespace(pending_jobs=[], active_jobs=[]),
         tokenizer=FakeTokenizer(),
         settings_cls=FakeSettings,
@@ -582,7 +577,7 @@ def test_real_backend_every_eos_id_is_a_stop_token() -> None:
 
 def test_real_backend_without_eos_is_engine_unavailable() -> None:
     with pytest.raises(EngineUnavailable, match="no EOS token id"):
-        _ExLlamaV2Backend(
+        ExLlamaV2Backend(
             generator=None,
             tokenizer=FakeTokenizer(),
             settings_cls=FakeSettings,
@@ -606,14 +601,14 @@ def test_eos_token_ids_from_every_source() -> None:
 
 
 def test_stop_filter_holds_a_partial_stop_and_cuts_at_the_first() -> None:
-    f = _StopFilter(("END", "\n\n"))
+    f = StopFilter(("END", "\n\n"))
     assert f.feed("abc E") == ("abc ", False)
     assert f.feed("N") == ("", False)
     assert f.feed("x") == ("ENx", False)
     assert f.feed("y\n\nzEND") == ("y", True)
-    g = _StopFilter(("END",))
+    g = StopFilter(("END",))
     assert g.feed("tail E", final=True) == ("tail E", False)  # the end flushes what was held
-    assert _StopFilter(()).feed("END") == ("END", False)
+    assert StopFilter(()).feed("END") == ("END", False)
 
 
 def test_real_backend_holds_and_cancel() -> None:
@@ -708,7 +703,7 @@ async def test_stop_found_by_the_engine_cancels_the_running_job() -> None:
         assert "".join(c.text for c in chunks) == "x"
         assert chunks[-1].stop_reason == "stop"
         assert sum(c.tokens for c in chunks) == 3
-        await wait_until(lambda: len(gen.cancelled) == 1)
+        await wait_until_async(lambda: len(gen.cancelled) == 1, "the generator job cancelled")
         assert gen.cancelled[0].cancelled_on == "dualcall-exllamav2"
         assert not eng._state.live
         again = await collect(eng, req(100, stop=("STOP",)))  # the generator keeps serving
@@ -903,16 +898,16 @@ async def test_generation_config_eos_ids_pass_the_check(tmp_path: Path, monkeypa
 @pytest.mark.asyncio
 async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Everything one iterate() produced crosses to the loop in ONE call_soon_threadsafe."""
-    import workers.engines.exllamav2 as module
-
+    loop = asyncio.get_running_loop()
     batches: list[int] = []
-    real_receive = module._receive
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
 
-    def counting(batch: Any) -> None:
-        batches.append(len(batch))
-        real_receive(batch)
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], list) and all(isinstance(item, tuple) for item in args[0]):
+            batches.append(len(args[0]))  # a generator step's (handle, chunk) pairs
+        return real_call_soon_threadsafe(callback, *args, **kwargs)
 
-    monkeypatch.setattr(module, "_receive", counting)
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
     gen = FakeGenerator(paged=True, step_delay=0.002)
     eng, _ = make_engine(gen)
     await eng.start()
@@ -928,8 +923,6 @@ async def test_one_loop_callback_per_generator_step(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.asyncio
 async def test_a_submit_the_exiting_thread_never_read_is_answered() -> None:
-    from workers.engines.exllamav2 import JobHandle
-
     eng, _ = make_engine()
     handle = JobHandle(request=req(), loop=asyncio.get_running_loop(), ident=99)
     eng._commands.put(("submit", handle))

@@ -135,7 +135,7 @@ def test_json_validates_against_schema_and_round_trips(report: Report, tmp_path:
     }
     assert data["summary"]["unverified_must_rules"] == ["DC-2.11"]
     assert data["summary"]["unverified_must"][0]["how_to_verify"] == "a worker that accepts the submission"
-    assert list(data)[:3] == ["schema_version", "target", "contract_version"]
+    assert list(data)[:4] == ["schema_version", "target", "target_kind", "target_unsupported"]
     assert [c["id"] for c in data["checks"]] == [r.id for r in report.results]
     first = data["checks"][0]
     assert {"id", "rule", "level", "outcome", "message", "evidence"} <= set(first)
@@ -262,7 +262,7 @@ def test_html_is_escaped_and_complete(report: Report, tmp_path: Path) -> None:
     assert "script" not in collector.tags
     assert collector.tags.count("details") == 2  # the failure and the warning
     assert "<script>alert(1)</script>" in "".join(collector.text)  # rendered as text
-    assert "1 passed, 1 failed, 1 warnings, 1 unverified in 4.2s" in "".join(collector.text)
+    assert "1 passed, 1 failed, 1 warning, 1 unverified in 4.2s" in "".join(collector.text)
 
 
 def test_html_passing_report(tmp_path: Path) -> None:
@@ -282,6 +282,7 @@ def _console() -> Console:
 
 def test_console_render(report: Report) -> None:
     console = _console()
+    report.diagnoses = []  # with a diagnosis the failures are grouped (next test)
     render_console(report, console)
     out = console.export_text()
     for result in report.results:
@@ -292,17 +293,40 @@ def test_console_render(report: Report) -> None:
     assert "? UNVERIFIED" in out
     assert "1 MUST rule not verified: DC-2.11" in out
     assert "to verify: a worker that accepts the submission" in out
-    assert f"Diagnosis: {DIAGNOSIS_NAME}" in out
-    assert "What to change" in out
-    assert "1. Answer POST with 202 {job_id, sse_url}" in out
     assert "POST http://worker.test/v1/inference → 200" in out
     assert "curl" in out
-    assert "1 passed, 1 failed, 1 warnings, 1 unverified in 4.2s — FAIL (MUST failures)" in out
+    assert "1 passed, 1 failed, 1 warning, 1 unverified in 4.2s — FAIL (MUST failures)" in out
     assert out.rstrip().splitlines()[-1].startswith("1 passed, 1 failed")
     assert "\x1b" not in out
     assert "\x00" not in out
     assert "[bold]x[/bold]" in out  # not interpreted as rich markup
     assert "s3cret" not in out
+
+
+def test_console_leads_with_the_diagnosis_and_groups_what_it_explains(report: Report) -> None:
+    console = _console()
+    render_console(report, console, lines_already_printed=True)
+    out = console.export_text()
+    assert out.index(f"Diagnosis: {DIAGNOSIS_NAME}") < out.index("DC-SUBMIT-202")
+    assert "What to change" in out
+    assert "1. Answer POST with 202 {job_id, sse_url}" in out
+    assert "The diagnosis above also explains 1 other check below" in out
+    assert out.count("$ curl") == 1  # the first failure's evidence; one line for each other explained one
+    assert "\x1b" not in out
+    assert "s3cret" not in out
+
+
+@pytest.mark.parametrize("width", [40, 80, 120, 200])
+def test_diagnosis_is_never_cut_outside_a_terminal(report: Report, width: int) -> None:
+    console = Console(record=True, width=width, force_terminal=False, file=io.StringIO(), soft_wrap=True)
+    report.diagnoses[0].fixes.append(
+        "Put `dualcall-worker gateway --upstream http://127.0.0.1:8080 --upstream-api openai-chat` in front of "
+        "the server, point the gate at the gateway's URL, and run it again; the fix must reach the reader whole."
+    )
+    render_console(report, console, lines_already_printed=True)
+    out = console.export_text()
+    for fix in report.diagnoses[0].fixes:
+        assert fix in out  # whole, on one line: no box border, no cut
 
 
 def test_console_lines_already_printed(report: Report) -> None:
@@ -328,7 +352,7 @@ def test_progress_prints_lines_as_it_advances(report: Report) -> None:
     render_console(report, console, lines_already_printed=progress.lines_printed)
     out = console.export_text()
     assert out.count("DC-SUBMIT-JOBID") == 1
-    assert "1 passed, 1 failed, 1 warnings, 1 unverified" in out
+    assert "1 passed, 1 failed, 1 warning, 1 unverified" in out
 
 
 def test_progress_on_a_terminal_is_transient(report: Report) -> None:

@@ -23,7 +23,7 @@ Stop strings and EOS
 --------------------
 exllamav2 checks ``max_new_tokens`` before stop strings, and skips the stop check while it holds
 back incomplete UTF-8, so a stop string can reach its text. The engine therefore applies the
-request's stop strings itself, to the accumulated text (`_StopFilter`, the mock's rule): the text
+request's stop strings itself, to the accumulated text (`StopFilter`, the mock's rule): the text
 ends before the first occurrence, the reason is ``stop``, and the generator job is cancelled if it
 still runs. Every EOS id the model declares (``config.json``, ``generation_config.json``, the
 tokenizer) is a stop token.
@@ -68,7 +68,15 @@ from workers.engines.base import (
     StopReason,
 )
 
-__all__ = ["ExLlamaV2Engine", "eos_token_ids", "sampler_params", "stop_reason_for"]
+__all__ = [
+    "ExLlamaV2Backend",
+    "ExLlamaV2Engine",
+    "JobHandle",
+    "StopFilter",
+    "eos_token_ids",
+    "sampler_params",
+    "stop_reason_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +157,7 @@ def count_tokens(token_ids: object) -> int:
         return 0
 
 
-class _StopFilter:
+class StopFilter:
     """Applies a request's stop strings to the accumulated text, whatever the generator reports.
 
     ``feed`` returns the text that is safe to emit now and whether a stop string was found; the
@@ -192,7 +200,7 @@ class _Backend(Protocol):
     """What the generator thread needs from a generator. Called on the generator thread only.
 
     ``generator_factory()`` returns one of these (tests use fakes); the real one is
-    `_ExLlamaV2Backend`. Optional attributes read with defaults: ``paged`` (bool),
+    `ExLlamaV2Backend`. Optional attributes read with defaults: ``paged`` (bool),
     ``flash_attn`` (bool), ``device`` (str), ``max_concurrency`` (int), and ``reset()`` (called
     after ``iterate()`` raised, to drop whatever the generator still holds).
     """
@@ -213,7 +221,7 @@ class _Backend(Protocol):
     def cancel(self, job: Any) -> None: ...
 
 
-class _ExLlamaV2Backend:
+class ExLlamaV2Backend:
     """The real backend around ``ExLlamaV2DynamicGenerator`` (classes injected for tests)."""
 
     def __init__(
@@ -314,7 +322,7 @@ class JobHandle:
     waiter: asyncio.Future[None] | None = None
     job: Any = None
     tokens: int = 0
-    stops: _StopFilter = field(default_factory=lambda: _StopFilter(()))
+    stops: StopFilter = field(default_factory=lambda: StopFilter(()))
 
 
 _Outbox = list[tuple[JobHandle, Chunk | BaseException]]
@@ -438,7 +446,7 @@ class ExLlamaV2Engine:
             request=request,
             loop=asyncio.get_running_loop(),
             ident=next(self._ids),
-            stops=_StopFilter(request.stop),
+            stops=StopFilter(request.stop),
         )
         with self._submit_lock:
             if not self._accepting:
@@ -692,7 +700,7 @@ class ExLlamaV2Engine:
         if not has_weights:
             raise EngineUnavailable(f"model directory {d} has no *.safetensors weights")
 
-    def _load(self) -> _ExLlamaV2Backend:
+    def _load(self) -> ExLlamaV2Backend:
         try:
             import torch  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
@@ -744,7 +752,7 @@ class ExLlamaV2Engine:
                 generator = ExLlamaV2DynamicGenerator(model=model, cache=cache, tokenizer=tokenizer, paged=False)
             generator.warmup()
             device = str(torch.cuda.get_device_name(0))
-            backend = _ExLlamaV2Backend(
+            backend = ExLlamaV2Backend(
                 generator=generator,
                 tokenizer=tokenizer,
                 settings_cls=ExLlamaV2Sampler.Settings,
