@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
+from benchmarks.catalogue import Pass, Scenario
 from benchmarks.servers import START_TIMEOUT_S, cpu_s
 from workers.engines.base import GenerationRequest
 from workers.engines.mock import MockEngine
@@ -204,6 +205,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_spread(row['gateway_cpu_us_per_token'])} µs |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _scenario(run: Pass) -> dict[str, Any]:
+    """``python -m benchmarks --only gateway``: this benchmark as a scenario (it prints its own progress)."""
+    results = measure(Settings(trials=max(5, run.mode.trials)))
+    run.step("gateway")
+    return results
+
+
+SCENARIOS = (
+    Scenario(
+        "gateway",
+        "tokens/s and TTFT through the gateway vs the same upstream streamed directly",
+        _scenario,
+        lambda mode: 1,
+    ),
+)
 
 
 def main(argv: list[str] | None = None) -> int:

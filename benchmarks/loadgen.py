@@ -7,6 +7,7 @@ can say whether the client, not the server, was the limit (CPU busy near 100 % o
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import json
 import multiprocessing
@@ -39,8 +40,9 @@ def _sse_url(result: Result) -> str:
 
 
 async def _open(url: str, count: int) -> list[Connection]:
-    host, port = split_url(url)
-    return list(await asyncio.gather(*(Connection(host, port).open() for _ in range(count))))
+    """``count`` connections; ``url`` may name several servers, comma-separated, taken in turn."""
+    targets = [split_url(one) for one in url.split(",")]
+    return list(await asyncio.gather(*(Connection(*targets[index % len(targets)]).open() for index in range(count))))
 
 
 def _measured(
@@ -176,7 +178,12 @@ async def submit_jobs(url: str, count: int, tokens: int) -> list[str]:
 
 
 def _run_routine(name: str, args: tuple[Any, ...]) -> dict[str, Any]:
-    routine = globals()[name]
+    """``name`` is a routine of this module, or ``module:function`` for one defined elsewhere."""
+    if ":" in name:
+        module, _, function = name.partition(":")
+        routine = getattr(importlib.import_module(module), function)
+    else:
+        routine = globals()[name]
     result: dict[str, Any] = asyncio.run(routine(*args))
     return result
 

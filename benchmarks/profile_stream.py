@@ -103,42 +103,68 @@ async def _one_worker_job(app: ASGIApp, tokens: int) -> int:
     return events
 
 
+async def _started_legacy() -> ASGIApp:
+    from workers.legacy import create_legacy_app
+
+    return create_legacy_app()  # type: ignore[return-value]
+
+
+async def _one_legacy_job(app: ASGIApp, tokens: int) -> int:
+    body = json.dumps({"job_id": "bench", "prompt": baseline.PROMPT, "max_tokens": tokens, "temperature": 0}).encode()
+    _, _, events = await _drive(app, "POST", "/v1/inference", body)
+    return events
+
+
 async def _one_bare_job(tokens: int) -> int:
     _, _, events = await _drive(baseline.app, "GET", f"/stream?tokens={tokens}")  # type: ignore[arg-type]
     return events
 
 
-async def measure(which: str, tokens: int, repeats: int, profile: str | None) -> dict[str, Any]:
-    worker = await _started_worker() if which == "worker" else None
+async def measure(which: str, tokens: int, repeats: int, profile: str | None, jobs: int = 1) -> dict[str, Any]:
+    """CPU per event of ``which`` (one job of ``tokens`` per repeat), or per job with ``jobs`` > 1."""
+    app = await (_started_worker() if which == "worker" else _started_legacy()) if which != "bare" else None
 
     async def one() -> int:
-        return await (_one_worker_job(worker, tokens) if worker is not None else _one_bare_job(tokens))
+        if which == "worker":
+            return await _one_worker_job(app, tokens)  # type: ignore[arg-type]
+        if which == "legacy":
+            return await _one_legacy_job(app, tokens)  # type: ignore[arg-type]
+        return await _one_bare_job(tokens)
 
-    await one()  # warm-up: imports, caches
+    for _ in range(max(1, jobs // 10)):
+        await one()  # warm-up: imports, caches
     profiler = cProfile.Profile() if profile else None
-    per_event = []
+    per_unit = []
     for _ in range(repeats):
         if profiler:
             profiler.enable()
         started = time.process_time()
-        events = await one()
-        per_event.append((time.process_time() - started) / events * 1e6)
+        events = 0
+        for _ in range(jobs):
+            events += await one()
+        per_unit.append((time.process_time() - started) / (jobs if jobs > 1 else events) * 1e6)
         if profiler:
             profiler.disable()
     if profiler and profile:
         profiler.dump_stats(profile)
-    return {"app": which, "tokens": tokens, "cpu_us_per_event": statistics.median(per_event), "runs": per_event}
+    unit = "cpu_us_per_job" if jobs > 1 else "cpu_us_per_event"
+    return {"app": which, "tokens": tokens, "jobs": jobs, unit: statistics.median(per_unit), "runs": per_unit}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_stream", description=__doc__)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--app", choices=("worker", "bare", "both"), default="both")
+    parser.add_argument("--app", choices=("worker", "bare", "legacy", "both"), default="both")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="jobs per repeat; > 1 reports CPU per job (the hand-off: try --tokens 8)"
+    )
     parser.add_argument("--profile", metavar="PATH", help="write a cProfile of the worker runs to PATH")
     args = parser.parse_args()
-    for which in ("worker", "bare") if args.app == "both" else (args.app,):
-        result = asyncio.run(measure(which, args.tokens, args.repeats, args.profile if which == "worker" else None))
+    both = ("worker", "legacy") if args.jobs > 1 else ("worker", "bare")
+    for which in both if args.app == "both" else (args.app,):
+        profile = args.profile if which == "worker" else None
+        result = asyncio.run(measure(which, args.tokens, args.repeats, profile, args.jobs))
         print(json.dumps(result))
     return 0
 

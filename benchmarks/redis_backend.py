@@ -32,14 +32,13 @@ from typing import Any
 import httpx
 import redis
 
+from benchmarks.servers import cpu_s
 from conformance.sse import SSEParser, parse_stream
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
 from workers.engines.mock import MockEngine
 from workers.metrics import JobMetrics
-from workers.registry import RegistryBackend
-from workers.registry.in_process import InProcessRegistry
-from workers.registry.redis_backend import RedisRegistry
+from workers.registry import RegistryBackend, create_registry
 from workers.testing import WorkerProcess
 from workers.testing_redis import RedisServer, find_redis_server
 
@@ -83,18 +82,27 @@ async def _drain(stream: AsyncIterator[bytes], on_block: Callable[[bytes], None]
     return size
 
 
-async def _with_backends(url: str | None, engine: Any, body: Callable[..., Awaitable[Any]]) -> Any:
-    """Run ``body(owner, reader)``: the same registry in-process, or two Redis replicas."""
-    settings = WorkerSettings(max_tokens_cap=100_000, queue_limit=1000)
+def _registry(engine: Any, settings: WorkerSettings) -> RegistryBackend:
+    metrics = JobMetrics()
+    registry = create_registry(engine, settings, metrics)
+    metrics.bind(registry)
+    return registry
+
+
+async def _with_backends(
+    url: str | None, engine: Any, body: Callable[..., Awaitable[Any]], *, same_replica: bool = False
+) -> Any:
+    """Run ``body(owner, reader)``: the same registry in-process, or on Redis one replica (``same_replica``)
+    or two (the reader on another replica)."""
+    settings = WorkerSettings(max_tokens_cap=100_000, queue_limit=1000, registry_url=url)
     owner: RegistryBackend
     reader: RegistryBackend
-    if url is None:
-        owner = reader = InProcessRegistry(engine, settings, JobMetrics())
-        backends = [owner]
-    else:
-        owner = RedisRegistry(engine, settings, JobMetrics(), url)
-        reader = RedisRegistry(MockEngine(), settings, JobMetrics(), url)
-        backends = [owner, reader]
+    owner = _registry(engine, settings)
+    backends = [owner]
+    reader = owner
+    if url is not None and not same_replica:
+        reader = _registry(MockEngine(), settings)
+        backends.append(reader)
     for backend in backends:
         backend.start()
     try:
@@ -104,13 +112,7 @@ async def _with_backends(url: str | None, engine: Any, body: Callable[..., Await
             await backend.close()
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cost_per_token(url: str | None, tokens: int, redis_pid: int) -> dict[str, float]:
+def cost_per_token(url: str | None, tokens: int, redis_pid: int, *, same_replica: bool = False) -> dict[str, float]:
     """Wall and CPU microseconds per token: this process (owner and reader) and the Redis server."""
 
     async def body(owner: RegistryBackend, reader: RegistryBackend) -> dict[str, float]:
@@ -123,11 +125,11 @@ def cost_per_token(url: str | None, tokens: int, redis_pid: int) -> dict[str, fl
             "redis_cpu_us": (cpu_s(redis_pid) - server) / tokens * 1e6,
         }
 
-    result: dict[str, float] = asyncio.run(_with_backends(url, MockEngine(), body))
+    result: dict[str, float] = asyncio.run(_with_backends(url, MockEngine(), body, same_replica=same_replica))
     return result
 
 
-def latency_per_token(url: str | None, tokens: int) -> list[float]:
+def latency_per_token(url: str | None, tokens: int, *, same_replica: bool = False) -> list[float]:
     async def body(owner: RegistryBackend, reader: RegistryBackend) -> list[float]:
         delays: list[float] = []
         pending = b""
@@ -144,7 +146,7 @@ def latency_per_token(url: str | None, tokens: int) -> list[float]:
         await _drain(await reader.open_stream(job.id, None), on_block)
         return delays
 
-    result: list[float] = asyncio.run(_with_backends(url, StampEngine(), body))
+    result: list[float] = asyncio.run(_with_backends(url, StampEngine(), body, same_replica=same_replica))
     return result
 
 

@@ -10,97 +10,29 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks import servers as processes
+from benchmarks.catalogue import (
+    Mode,
+    Pass,
+    Progress,
+    Scenario,
+    ScenarioUnavailable,
+    Servers,
+    alternate,
+    percentile,
+    summary,
+)
 from benchmarks.servers import START_TIMEOUT_S, BaselineProcess, cpu_s, rss_kib
 from workers.testing import WorkerProcess
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Mode:
-    name: str
-    trials: int
-    handoff_jobs: dict[int, int]  # concurrency -> jobs per trial
-    handoff_tokens: int
-    live_tokens: int
-    live64_tokens: int
-    replay_tokens: int
-    replay_readers: tuple[int, ...]
-    idle_streams: int
-    memory_trials: int
-    suite_fuzz: bool
-    suite_trials: int
-
-
-QUICK = Mode(
-    name="quick",
-    trials=3,
-    handoff_jobs={1: 40, 8: 64, 64: 128},
-    handoff_tokens=8,
-    live_tokens=2048,
-    live64_tokens=128,
-    replay_tokens=1024,
-    replay_readers=(1, 16, 256),
-    idle_streams=1000,
-    memory_trials=1,
-    suite_fuzz=False,
-    suite_trials=1,
-)
-FULL = Mode(
-    name="full",
-    trials=7,
-    handoff_jobs={1: 300, 8: 400, 64: 1024},
-    handoff_tokens=8,
-    live_tokens=4096,
-    live64_tokens=512,
-    replay_tokens=4096,
-    replay_readers=(1, 4, 16, 64, 256),
-    idle_streams=1000,
-    memory_trials=3,
-    suite_fuzz=True,
-    suite_trials=3,
-)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def alternate(trials: int, names: tuple[str, str]) -> Iterator[tuple[int, str]]:
-    """(trial, name) pairs, the order flipped every trial so neither side always goes first."""
-    for trial in range(trials):
-        for name in names if trial % 2 == 0 else names[::-1]:
-            yield trial, name
-
-
-@dataclass
-class Servers:
-    worker: WorkerProcess
-    legacy: WorkerProcess
-    bare: BaselineProcess
-
-
-def worker_for_load() -> WorkerProcess:
-    # slots and queue large enough that no scenario queues: the hand-off, not the queue, is measured
-    return processes.worker("--concurrency", "64", "--queue-limit", "1024", "--ttl-s", "600")
-
 
 # -- the load generator's own ceiling ----------------------------------------------------------------------
 
 
-def ceiling(servers: Servers, pool: loadgen.ClientPool, mode: Mode, progress: Progress) -> dict[str, Any]:
+def ceiling(run: Pass) -> dict[str, Any]:
     """Events/s one client process takes in when the server only writes pre-encoded bytes."""
+    servers, pool, mode, progress = run.servers, run.pool(1), run.mode, run.step
     rates = []
     pool.run("streams", servers.bare.url, "get", 1, mode.replay_tokens, f"/replay?tokens={mode.replay_tokens}")
     for _ in range(mode.trials):
@@ -115,7 +47,8 @@ def ceiling(servers: Servers, pool: loadgen.ClientPool, mode: Mode, progress: Pr
 # -- hand-off: dual-call vs legacy -------------------------------------------------------------------------
 
 
-def handoff(servers: Servers, pool: loadgen.ClientPool, mode: Mode, progress: Progress) -> dict[str, Any]:
+def handoff(run: Pass) -> dict[str, Any]:
+    servers, pool, mode, progress = run.servers, run.pool(), run.mode, run.step
     rows: dict[str, Any] = {}
     for concurrency, jobs in mode.handoff_jobs.items():
         per_user = max(1, jobs // concurrency)
@@ -140,6 +73,7 @@ def handoff(servers: Servers, pool: loadgen.ClientPool, mode: Mode, progress: Pr
         row["ttft_p50_overhead_ms"] = dual["p50"]["median"] - legacy["p50"]["median"]
         row["ttft_p50_ratio"] = dual["p50"]["median"] / legacy["p50"]["median"]
         row["jobs_per_s_ratio"] = dual["jobs_per_s"]["median"] / legacy["jobs_per_s"]["median"]
+        row["server_cpu_ratio"] = dual["server_cpu_ms_per_job"]["median"] / legacy["server_cpu_ms_per_job"]["median"]
         row["jobs_per_trial"] = per_user * concurrency
         rows[str(concurrency)] = row
     return {"tokens_per_job": mode.handoff_tokens, "by_concurrency": rows}
@@ -185,9 +119,8 @@ def _stream_rates(
     return row
 
 
-def live(
-    servers: Servers, pool: loadgen.ClientPool, single: loadgen.ClientPool, mode: Mode, progress: Progress
-) -> dict[str, Any]:
+def live(run: Pass) -> dict[str, Any]:
+    servers, pool, single, mode, progress = run.servers, run.pool(), run.pool(1), run.mode, run.step
     return {
         "1": _stream_rates(
             servers, single, mode, count=1, tokens=mode.live_tokens, label="live stream x1", progress=progress
@@ -201,7 +134,8 @@ def live(
 # -- replay fan-out ----------------------------------------------------------------------------------------
 
 
-def replay(servers: Servers, pool: loadgen.ClientPool, mode: Mode, progress: Progress) -> dict[str, Any]:
+def replay(run: Pass) -> dict[str, Any]:
+    servers, pool, mode, progress = run.servers, run.pool(), run.mode, run.step
     job_path = asyncio.run(loadgen.finished_job(servers.worker.url, mode.replay_tokens))
     paths = {"dual": job_path, "bare": f"/replay?tokens={mode.replay_tokens}"}
     rows: dict[str, Any] = {}
@@ -260,7 +194,8 @@ def _memory_bare(streams: int) -> tuple[float, float]:
         return (after - before) / streams, after / 1024
 
 
-def memory(mode: Mode, progress: Progress) -> dict[str, Any]:
+def memory(run: Pass) -> dict[str, Any]:
+    mode, progress = run.mode, run.step
     samples: dict[str, dict[str, list[float]]] = {
         name: {"kib_per_stream": [], "rss_mib": []} for name in ("dual", "bare")
     }
@@ -280,25 +215,89 @@ def memory(mode: Mode, progress: Progress) -> dict[str, Any]:
 SUITE_GOAL_S = 30.0
 
 
-def suite(mode: Mode, progress: Progress) -> dict[str, Any]:
-    """`conformance.runner.run` against the mock, as the selftest runs it; its baseline is the 30 s goal."""
-    from conformance.runner import RunConfig, run
+#: what the suite imports beyond the worker's own dependencies (the `conformance` extra)
+_SUITE_MODULES = ("jsonschema", "schemathesis", "hypothesis")
 
+
+def _suite_installed(fuzz: bool) -> None:
+    """Refuse to time a suite that cannot run: its own missing modules are no verdict on the worker."""
+    import importlib.util
+
+    needed = _SUITE_MODULES if fuzz else _SUITE_MODULES[:1]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ScenarioUnavailable(
+            f"the conformance suite needs {', '.join(missing)}: pip install 'dualcall[conformance]' "
+            "(the bench extra includes it)"
+        )
+
+
+def suite(run: Pass) -> dict[str, Any]:
+    """`conformance.runner.run` against the mock, as the selftest runs it; its baseline is the 30 s goal.
+
+    A failed check is named with its id and message, so a FAILED row says what failed.
+    """
+    from conformance.runner import RunConfig
+    from conformance.runner import run as run_suite
+
+    mode = run.mode
+    _suite_installed(mode.suite_fuzz)
     seconds = []
-    passed = True
+    failed: list[str] = []
     for _ in range(mode.suite_trials):
         with WorkerProcess(
             "mock", "--ttl-s", "2", "--keepalive-s", "1", "--token-delay-ms", "1", start_timeout_s=START_TIMEOUT_S
         ) as worker:
             started = time.perf_counter()
-            report = run(RunConfig(target=worker.url, fuzz=mode.suite_fuzz))
+            report = run_suite(RunConfig(target=worker.url, fuzz=mode.suite_fuzz))
             seconds.append(time.perf_counter() - started)
-            passed = passed and not any(result.outcome == "failed" for result in report.results)
-        progress("suite")
+            failed += [f"{result.id}: {result.message}" for result in report.results if result.outcome == "failed"]
+            # the suite's own errors are no verdict on the worker, but the timing of such a run is no figure either
+            failed += [
+                f"{result.id} (suite error): {result.message}" for result in report.results if result.outcome == "error"
+            ]
+        run.step("suite")
     return {
         "fuzz": mode.suite_fuzz,
         "seconds": summary(seconds),
-        "passed": passed,
+        "passed": not failed,
+        "failed_checks": sorted(set(failed)),
         "goal_s": SUITE_GOAL_S,
         "ratio": statistics.median(seconds) / SUITE_GOAL_S,
     }
+
+
+SCENARIOS = (
+    Scenario(
+        "ceiling",
+        "events/s one client process takes in (the load generator's own limit)",
+        ceiling,
+        lambda mode: mode.trials,
+        shares_servers=True,
+    ),
+    Scenario(
+        "handoff",
+        "TTFT, jobs/s and server CPU per job: dual-call vs the legacy worker at 1, 8 and 64 clients",
+        handoff,
+        lambda mode: mode.trials * 2 * len(mode.handoff_jobs),
+        shares_servers=True,
+    ),
+    Scenario(
+        "live",
+        "events/s and server CPU per event of 1 and 64 live streams vs a bare-ASGI app",
+        live,
+        lambda mode: mode.trials * 4,
+        shares_servers=True,
+    ),
+    Scenario(
+        "replay",
+        "events/s of 1..256 readers of a finished job vs the bare app's pre-built body",
+        replay,
+        lambda mode: mode.trials * 2 * len(mode.replay_readers),
+        shares_servers=True,
+    ),
+    Scenario(
+        "memory", "RSS per idle open stream (1,000 streams of queued jobs)", memory, lambda mode: mode.memory_trials * 2
+    ),
+    Scenario("suite", "wall time of the conformance suite against the mock", suite, lambda mode: mode.suite_trials),
+)

@@ -41,6 +41,17 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process's live threads have run so far, to the nanosecond (Linux schedstat).
+
+    ``/proc/<pid>/stat`` counts in clock ticks (10 ms): over a trial of 40 jobs that is a quarter
+    of a millisecond per job, coarser than the differences measured. The scheduler's own run time
+    per thread (``/proc/<pid>/task/<tid>/schedstat``, first field, ns) has no such step; where it
+    is missing the tick count is the fallback. Threads that have exited are not counted.
+    """
+    try:
+        return (
+            sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+        )
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -29,6 +29,8 @@ retries only ``503``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import random
 import time
@@ -175,9 +177,15 @@ class GenerationFailed(DualCallError):
         super().__init__(f"generation failed: {error.code}: {error.message}")
 
 
+@functools.lru_cache(maxsize=64)
+def _base_url(base: str) -> httpx.URL:
+    """A client resolves against the same POST URL job after job: parse it once."""
+    return httpx.URL(base)
+
+
 def resolve(base: str, reference: str) -> str:
     """RFC 3986 reference resolution (relative paths, absolute URLs on other hosts)."""
-    return str(httpx.URL(base).join(reference))
+    return str(_base_url(base).join(reference))
 
 
 def parse_submission(post_url: str, response: httpx.Response) -> Submission:
@@ -519,6 +527,25 @@ class DualCallClient:
         return _cancel_body(self._http.delete(job.status_url))
 
 
+#: after ``[DONE]``, how long the async client waits for the response's end so it can reuse the connection
+END_OF_RESPONSE_WAIT_S: Final = 0.05
+
+
+async def _end_of_response(stream: AsyncIterator[ServerSentEvent]) -> None:
+    """After ``[DONE]``: take the end of the response if it is there at once, so the connection is reused.
+
+    A worker ends the response right after ``[DONE]`` (the chunked terminator is usually in the same
+    read). Leaving the ``with`` block before that end closes the connection instead of returning it to
+    the pool, and the next request pays for a new TCP connection, on both sides. Anything else (more
+    data, or a connection held open by a buffering proxy) is not waited for: the response is closed
+    as before, well within DC-C-10's "close at [DONE]".
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(END_OF_RESPONSE_WAIT_S):
+            async for _ in stream:
+                return
+
+
 class AsyncDualCallClient:
     """The same API for asyncio."""
 
@@ -590,7 +617,8 @@ class AsyncDualCallClient:
                         refused = source.response  # busy, draining, or a gateway without a replica: later
                     else:
                         _check_stream_type(source.response)
-                    async for sse in _no_events() if refused is not None else source.aiter_sse():
+                    stream = _no_events() if refused is not None else source.aiter_sse()
+                    async for sse in stream:
                         if sse.data == "":  # WHATWG: no data, no dispatch (keepalive comments after an id)
                             continue
                         if _is_unknown_event(sse):  # DC-C-8: the contract grows by new event types
@@ -598,6 +626,7 @@ class AsyncDualCallClient:
                             continue
                         event = to_event(sse)
                         if event is None:
+                            await _end_of_response(stream)
                             return
                         last_event_id = event.id
                         yield event

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -12,10 +11,11 @@ from typing import Any, Final
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post, route
 from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
+from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Scope
 
 import openapi
@@ -39,6 +39,7 @@ from workers.registry import (
 from workers.schemas import Health, JobStatus, QueueInfo, SubmitResponse
 from workers.seams import DEFAULT_SEAMS, Middleware, Seams
 
+_encode_json = msgspec.json.Encoder().encode
 CONTRACT_HEADER: Final = "Dualcall-Contract-Version"
 SUBMIT_PATH: Final = "/v1/inference"
 
@@ -159,11 +160,18 @@ def method_not_allowed(request: Request[Any, Any, Any], exc: MethodNotAllowedExc
     return handle_http_exception(request, _unauthorized(request) or exc)
 
 
+_CONTRACT_HEADER_NAME: Final = CONTRACT_HEADER.lower().encode("latin-1")
+
+
 async def add_contract_header(message: Message, scope: Scope) -> None:
-    """Every response, errors raised by the router included, names the contract version."""
+    """Every response, errors raised by the router included, names the contract version.
+
+    The raw header list is rebuilt directly (Litestar's header classes parse and re-encode it).
+    """
     if message["type"] == "http.response.start":
-        headers = MutableScopeHeaders.from_message(message)
-        headers[CONTRACT_HEADER] = openapi.contract_version()
+        headers = [item for item in message.get("headers", ()) if item[0].lower() != _CONTRACT_HEADER_NAME]
+        headers.append((_CONTRACT_HEADER_NAME, openapi.contract_version().encode("latin-1")))
+        message["headers"] = headers
 
 
 async def _bind_job_from_path(request: Request[Any, Any, Any]) -> None:
@@ -177,7 +185,7 @@ async def _bind_job_from_path(request: Request[Any, Any, Any]) -> None:
 
 
 @post(SUBMIT_PATH, status_code=202)
-async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
+async def submit(request: Request[Any, Any, Any]) -> ASGIApp:
     media_type, _ = request.content_type
     if media_type != "application/json":
         raise ProblemException(
@@ -220,9 +228,11 @@ async def submit(request: Request[Any, Any, Any]) -> Response[SubmitResponse]:
         ) from None
     bind_job(job.id)  # the access line of this POST names the job it created
     sse_url = stream_path(job.id)
-    return Response(
-        SubmitResponse(job_id=job.id, sse_url=sse_url, status_url=status_path(job.id)),
+    # encoded here and sent as is: a `Response` would pick a serializer and build its headers per job
+    return ASGIResponse(
+        body=_encode_json(SubmitResponse(job_id=job.id, sse_url=sse_url, status_url=status_path(job.id))),
         status_code=202,
+        media_type=MediaType.JSON,
         headers={"Location": sse_url},
     )
 
@@ -327,16 +337,21 @@ class WorkerApp(Litestar):
     _outer: Any = None
 
     def wrap(self, middleware: list[Middleware]) -> None:
-        outer: Any = functools.partial(Litestar.__call__, self)
+        outer: Any = self._litestar
         for wrap in reversed(middleware):
             outer = wrap(outer)
         self._outer = outer
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self._outer is None or scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
         else:
-            await self._outer(scope, receive, send)
+            await (self._outer or self._litestar)(scope, receive, send)
+
+    async def _litestar(self, scope: Any, receive: Any, send: Any) -> None:
+        # an event stream's body blocks skip Litestar's own send wrappers (see `sse.EventStreamResponse`)
+        scope[sse.BODY_SEND] = send
+        await Litestar.__call__(self, scope, receive, send)
 
 
 def create_app(engine: Engine, settings: WorkerSettings | None = None, seams: Seams = DEFAULT_SEAMS) -> Litestar:
@@ -372,7 +387,8 @@ def create_app(engine: Engine, settings: WorkerSettings | None = None, seams: Se
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },
-        guards=[require_bearer],
+        # no token, no guard: Litestar copies the route handler for each guard on every request
+        guards=[require_bearer] if settings.auth_token is not None else [],
         before_send=[add_contract_header],
         before_request=_bind_job_from_path,
         logging_config=None,  # the process owns logging (workers.logs), not the app factory

@@ -17,6 +17,8 @@ DONE: Final = b"data: [DONE]\n\n"
 KEEPALIVE: Final = b": keep-alive\n\n"
 #: Litestar appends ``; charset=utf-8`` to text media types itself; `EventStreamResponse` names it
 MEDIA_TYPE: Final = "text/event-stream"
+#: the scope key under which the app leaves the ``send`` it was called with, for event stream bodies
+BODY_SEND: Final = "dualcall.body_send"
 _CONTENT_TYPE: Final = (b"content-type", MEDIA_TYPE.encode() + b"; charset=utf-8")
 
 _encode_json = msgspec.json.Encoder().encode
@@ -67,7 +69,10 @@ class EventStreamResponse:
 
     Litestar's ``Stream`` does the same with an anyio task group, a message dict built per chunk
     and str/bytes checks; here the blocks are bytes already, so each token costs one ``send``.
-    The app-level ``send`` wrapper still runs, so app-wide headers (the contract version) are added.
+    The head goes through the app's ``send`` (its wrappers add app-wide headers: the contract
+    version); the body blocks go to the ``send`` the app was called with (``scope[BODY_SEND]``, when
+    the app put it there), past wrappers that only ever act on the head. The block that ends with
+    ``[DONE]`` is the last one and goes out as the response's end, one write instead of two.
     A client that goes away ends the stream: a watcher waits for ``http.disconnect`` and cancels
     the streaming task, which closes ``events`` (the reader leaves the job) and returns normally.
     """
@@ -80,6 +85,7 @@ class EventStreamResponse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        send_body = scope.get(BODY_SEND, send)
         streaming = asyncio.current_task()
         assert streaming is not None
         state = {"open": True, "client_left": False}
@@ -93,11 +99,16 @@ class EventStreamResponse:
 
         watcher = asyncio.get_running_loop().create_task(watch_disconnect())
         try:
+            ended = False
             async with contextlib.aclosing(self.events) as events:  # type: ignore[type-var]
                 async for block in events:
-                    await send({"type": "http.response.body", "body": block, "more_body": True})
+                    ended = block.endswith(DONE)
+                    await send_body({"type": "http.response.body", "body": block, "more_body": not ended})
+                    if ended:
+                        break
             state["open"] = False
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send_body({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not state["client_left"]:
                 raise

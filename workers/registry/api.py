@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from workers.config import WorkerSettings
@@ -113,9 +113,40 @@ class LiveJob(JobRecord):
     next_event_id: int = 1
     token_index: int = 0
 
+    #: one future per job that every waiting reader awaits; replaced after each publish
+    wake: asyncio.Future[None] | None = field(default=None, repr=False)
+
     @property
     def finished(self) -> bool:
         return self.finished_mono is not None
+
+    def wake_readers(self) -> None:
+        """Resume every reader waiting in `wait` (one future per job, not per reader)."""
+        wake = self.wake
+        if wake is not None:
+            self.wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait until the next publish (or `wake_readers`); may return early, so callers re-check.
+
+        All readers of a job await the same future, so a publish costs one future however many
+        readers wait. A reader whose own task is cancelled (timeout, disconnect) cancels that shared
+        future too; the other readers then see a CancelledError that is not theirs (their task has
+        no cancellation pending) and return as if woken.
+        """
+        wake = self.wake
+        if wake is None:
+            wake = self.wake = asyncio.get_running_loop().create_future()
+        try:
+            await wake
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            if self.wake is wake:
+                self.wake = None
 
 
 class RegistryBackend(CountedRegistry, Protocol):

@@ -49,41 +49,11 @@ class Job(LiveJob):
     attached: bool = False
     #: the id of the ``end``/``error`` event once it is in the log
     final_event_id: int | None = None
-    #: one future per job that every waiting reader awaits; replaced after each publish
-    wake: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
         """The log holds the final event: nothing more will be published."""
         return self.final_event_id is not None
-
-    def wake_readers(self) -> None:
-        """Resume every reader waiting in `wait` (one future per job, not per reader)."""
-        wake = self.wake
-        if wake is not None:
-            self.wake = None
-            if not wake.done():
-                wake.set_result(None)
-
-    async def wait(self) -> None:
-        """Wait until the next publish (or `wake_readers`); may return early, so callers re-check.
-
-        All readers of a job await the same future, so a publish costs one future however many
-        readers wait. A reader whose own task is cancelled (timeout, disconnect) cancels that shared
-        future too; the other readers then see a CancelledError that is not theirs (their task has
-        no cancellation pending) and return as if woken.
-        """
-        wake = self.wake
-        if wake is None:
-            wake = self.wake = asyncio.get_running_loop().create_future()
-        try:
-            await wake
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise
-            if self.wake is wake:
-                self.wake = None
 
     async def wait_for_events(self, wait_s: float) -> bool:
         """Wait until a new event is published; False on timeout."""
