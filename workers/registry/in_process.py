@@ -29,7 +29,7 @@ from workers.registry.api import (
     UnknownJob,
     new_job_id,
 )
-from workers.registry.lifecycle import EventKind, Lifecycle, Trigger, new_counters
+from workers.registry.lifecycle import DrivesLifecycle, EventKind, Lifecycle, Trigger, new_counters
 from workers.sse import SSE_ENCODER, EventEncoder
 
 log = logging.getLogger("workers.registry")
@@ -67,7 +67,7 @@ class Job(LiveJob):
             return False
 
 
-class InProcessRegistry:
+class InProcessRegistry(DrivesLifecycle):
     """`workers.registry.api.RegistryBackend` in this process's memory; the lifecycle's `JobStore`."""
 
     def __init__(
@@ -100,20 +100,8 @@ class InProcessRegistry:
         self.lifecycle.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="dualcall-sweeper")
 
-    @property
-    def draining(self) -> bool:
-        return self.lifecycle.draining
-
-    def begin_drain(self) -> None:
-        """Refuse new jobs; running ones, and their readers, go on (a job cannot leave this process)."""
-        self.lifecycle.begin_drain()
-
-    async def drained(self) -> None:
-        await self.lifecycle.drained()
-
-    def begin_shutdown(self) -> None:
-        """End every open job with an ``error`` event so streams close cleanly."""
-        self.lifecycle.begin_shutdown()
+    # begin_drain (DrivesLifecycle): running jobs and their readers go on, since a job cannot leave
+    # this process
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -123,14 +111,6 @@ class InProcessRegistry:
         self.jobs.clear()
 
     # -- gauges ----------------------------------------------------------------------------------
-
-    @property
-    def active(self) -> int:
-        return self.lifecycle.running
-
-    @property
-    def queued(self) -> int:
-        return self.lifecycle.queued
 
     @property
     def open_readers(self) -> int:

@@ -405,3 +405,32 @@ class Lifecycle:
         self.metrics.job_finished(state, job.created_mono, job.finished_mono)
         self._publish(job, self.encoder.final(job.next_event_id, name, payload), EventKind.FINAL)
         await self.store.flush(job)
+
+
+class DrivesLifecycle:
+    """What every backend answers straight from its `Lifecycle`: the drain, the shutdown, the gauges."""
+
+    lifecycle: Lifecycle
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def begin_drain(self) -> None:
+        """Refuse new jobs; running ones go on (a backend adds what happens to its readers)."""
+        self.lifecycle.begin_drain()
+
+    async def drained(self) -> None:
+        await self.lifecycle.drained()
+
+    def begin_shutdown(self) -> None:
+        """End every open job with an ``error`` event so streams close cleanly."""
+        self.lifecycle.begin_shutdown()
+
+    @property
+    def active(self) -> int:
+        return self.lifecycle.running
+
+    @property
+    def queued(self) -> int:
+        return self.lifecycle.queued

@@ -62,6 +62,7 @@ from workers.registry.api import (
 )
 from workers.registry.lifecycle import (
     WORKER_LOST,
+    DrivesLifecycle,
     EventKind,
     InvalidTransition,
     Lifecycle,
@@ -208,7 +209,7 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-class RedisRegistry:
+class RedisRegistry(DrivesLifecycle):
     """`workers.registry.api.RegistryBackend` on Redis Streams (see the module docstring); the lifecycle's store."""
 
     def __init__(
@@ -256,22 +257,12 @@ class RedisRegistry:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    @property
-    def draining(self) -> bool:
-        return self.lifecycle.draining
-
     def begin_drain(self) -> None:
         """Refuse new jobs and new readers (`Draining`); readers attached here let go (`_tail`) and
         resume on another replica, while this replica's jobs go on generating into Redis."""
-        self.lifecycle.begin_drain()
+        super().begin_drain()
         for job in self.lifecycle.jobs():
             job.wake_readers()  # a reader following a job of this replica sees the drain now (`_follow_here`)
-
-    async def drained(self) -> None:
-        await self.lifecycle.drained()
-
-    def begin_shutdown(self) -> None:
-        self.lifecycle.begin_shutdown()
 
     async def close(self) -> None:
         await self.lifecycle.close()
@@ -282,14 +273,6 @@ class RedisRegistry:
         await self.redis.aclose()
 
     # -- gauges (this replica) ---------------------------------------------------------------
-
-    @property
-    def active(self) -> int:
-        return self.lifecycle.running
-
-    @property
-    def queued(self) -> int:
-        return self.lifecycle.queued
 
     def __len__(self) -> int:
         return len(self.lifecycle.jobs())
