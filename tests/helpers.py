@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ __all__ = [
     "free_port",
     "gen",
     "post_job",
+    "read_all",
     "stream_url",
     "submit",
     "wait_until",
@@ -64,6 +65,12 @@ def events_of(raw: bytes) -> list[SSEEvent]:
     events, issues = parse_stream(raw, strict=True)
     assert not issues, issues
     return events
+
+
+async def read_all(stream: AsyncIterator[bytes], *, timeout_s: float = DEADLINE_S) -> bytes:
+    """Every block of a registry stream, joined; fail if the stream has not ended after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        return b"".join([block async for block in stream])
 
 
 def gen(prompt: str = "test", max_tokens: int = 8, *, seed: int = 3, **extra: Any) -> GenerationRequest:

@@ -1423,7 +1423,7 @@ def _no_keepalive() -> None:
     _encoder(Silent())
 
 
-# -- gaps closed by the second round (issue 8) --------------------------------------------------------
+# -- resume past the end, DELETE's reported state, TTL reclaim of unread jobs, /openapi.yaml ----------
 
 
 @defect(

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 import openapi
+from workers.testing import free_port
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 #: Debian installs nginx in /usr/sbin, which is not on every user's PATH
@@ -48,13 +49,6 @@ def wait_for_ci_install() -> None:
         if not status.exists() or status.read_text(encoding="utf-8").startswith("done"):
             return
         time.sleep(1.0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render(template: str, *, prefix: str, listen: str, servers: list[str]) -> str:

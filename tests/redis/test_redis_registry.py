@@ -10,35 +10,19 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import events_of, free_port, gen, read_all
 from pooltools import registry_url
 
-from conformance.sse import SSEEvent, parse_stream
 from workers import sse
 from workers.__main__ import main
 from workers.config import WorkerSettings
-from workers.engines.base import GenerationRequest
 from workers.engines.mock import MockEngine
 from workers.metrics import JobMetrics
 from workers.registry import FinalEventDelivered, QueueFull, RegistryUnavailable, UnknownJob
 from workers.registry.redis_backend import RedisRegistry, check_registry, parse_registry_url
-from workers.testing_redis import RedisServer, free_port
+from workers.testing_redis import RedisServer
 
 TIMEOUT_S = 15
-
-
-def gen(max_tokens: int = 8) -> GenerationRequest:
-    return GenerationRequest(prompt="redis registry", max_tokens=max_tokens, seed=3)
-
-
-async def read_all(stream: AsyncIterator[bytes]) -> bytes:
-    async with asyncio.timeout(TIMEOUT_S):
-        return b"".join([block async for block in stream])
-
-
-def events_of(raw: bytes) -> list[SSEEvent]:
-    events, issues = parse_stream(raw, strict=True)
-    assert not issues, issues
-    return events
 
 
 @contextlib.asynccontextmanager

@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from pooltools import LOST_AFTER_S, Pool, StartReplica
+from helpers import events_of, submit
+from pooltools import Pool, StartReplica
 from workerproc import WorkerProcess
 
-from conformance.sse import SSEEvent, SSEParser, parse_stream
+from conformance.sse import SSEEvent, SSEParser
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +26,8 @@ pytestmark = pytest.mark.slow
 READ_TIMEOUT_S = 20.0
 
 
-def submit(url: str, max_tokens: int, prompt: str = "redis pool") -> dict[str, Any]:
-    response = httpx.post(
-        url + "/v1/inference", json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}, timeout=10
-    )
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def events_of(raw: bytes) -> list[SSEEvent]:
-    events, issues = parse_stream(raw, strict=True)
-    assert not issues, issues
-    return events
+def job_body(max_tokens: int, prompt: str = "redis pool") -> dict[str, Any]:
+    return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
 
 
 def data(event: SSEEvent) -> Any:
@@ -64,7 +54,6 @@ class Reader(threading.Thread):
         self.events: list[SSEEvent] = []
         self.status = 0
         self.error: BaseException | None = None
-        self.ended_at = 0.0
 
     def run(self) -> None:
         parser = SSEParser(strict=True)
@@ -76,7 +65,6 @@ class Reader(threading.Thread):
             self.events += parser.close()
         except BaseException as exc:  # reported by the test
             self.error = exc
-        self.ended_at = time.monotonic()
 
     def tokens(self) -> int:
         return sum(1 for event in self.events if event.event == "token")
@@ -97,7 +85,7 @@ class Reader(threading.Thread):
 
 
 def test_submit_to_a_stream_from_b(pool: Pool) -> None:
-    job = submit(pool.a.url, max_tokens=40)
+    job = submit(pool.a.url, job_body(40))
     status = httpx.get(pool.b.url + job["status_url"], timeout=10)
     assert status.status_code == 200 and status.json()["job_id"] == job["job_id"]
 
@@ -125,7 +113,7 @@ def test_submit_to_a_stream_from_b(pool: Pool) -> None:
 
 
 def test_resume_on_b_after_cutting_the_reader_on_a(pool: Pool) -> None:
-    job = submit(pool.a.url, max_tokens=300)
+    job = submit(pool.a.url, job_body(300))
     parser = SSEParser(strict=True)
     head: list[SSEEvent] = []
     with httpx.stream("GET", pool.a.url + job["sse_url"], timeout=READ_TIMEOUT_S) as response:
@@ -147,7 +135,7 @@ def test_resume_on_b_after_cutting_the_reader_on_a(pool: Pool) -> None:
 
 def test_delete_on_b_stops_the_generation_on_a(pool: Pool, slow_replica: WorkerProcess) -> None:
     slow_a = slow_replica
-    job = submit(slow_a.url, max_tokens=500)  # 10 s of generation if nothing stops it
+    job = submit(slow_a.url, job_body(500))  # 10 s of generation if nothing stops it
     reader = Reader(slow_a.url + job["sse_url"])
     reader.start()
     reader.wait_for_tokens(2)
@@ -172,25 +160,24 @@ def test_delete_on_b_stops_the_generation_on_a(pool: Pool, slow_replica: WorkerP
 
 def test_killed_replica_leaves_readers_worker_lost_then_done(pool: Pool, start_replica: StartReplica) -> None:
     doomed = start_replica("--registry", pool.registry, "--token-delay-ms", "20")
-    streamed = submit(doomed.url, max_tokens=500)
-    unread = submit(doomed.url, max_tokens=500)
+    streamed = submit(doomed.url, job_body(500))
+    unread = submit(doomed.url, job_body(500))
     readers = [Reader(replica.url + streamed["sse_url"]) for replica in (pool.b, pool.a)]
     for reader in readers:
         reader.start()
     for reader in readers:
         reader.wait_for_tokens(3)
 
+    assert all(reader.is_alive() for reader in readers)  # the streams are still live when the replica dies
     assert doomed.proc is not None
     doomed.proc.kill()  # SIGKILL: no shutdown handler runs, nothing is written to Redis
     doomed.proc.wait(10)
-    killed_at = time.monotonic()
 
     for reader in readers:
+        # waits for the end the heartbeat timeout declares; finish() fails on a stream that never ends
         events = reader.finish()
         assert_complete(events, streamed["job_id"])
         assert events[-2].event == "error" and data(events[-2])["code"] == "worker_lost", events[-3:]
-        # bounded by the heartbeat timeout plus a reader's check interval, with room for a loaded machine
-        assert reader.ended_at - killed_at < LOST_AFTER_S + 10
     status = httpx.get(pool.b.url + streamed["status_url"], timeout=10).json()
     assert status["state"] == "failed" and status["error"]["code"] == "worker_lost"
     # the declaration is in the log: a late reader replays the same end
@@ -206,7 +193,7 @@ def test_a_stopping_replica_drops_its_readers_of_other_jobs_for_a_resume(
     pool: Pool, slow_replica: WorkerProcess, start_replica: StartReplica
 ) -> None:
     leaving = start_replica("--registry", pool.registry, "--keepalive-s", "1")
-    job = submit(slow_replica.url, max_tokens=500)  # 10 s of generation
+    job = submit(slow_replica.url, job_body(500))  # 10 s of generation
     reader = Reader(leaving.url + job["sse_url"])
     reader.start()
     reader.wait_for_tokens(2)

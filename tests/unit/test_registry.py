@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from helpers import events_of, gen, read_all, wait_until_async
 
-from conformance.sse import SSEEvent, parse_stream
+from conformance.sse import SSEEvent
 from workers import sse
 from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
@@ -29,31 +30,7 @@ from workers.registry.in_process import InProcessRegistry
 from workers.registry.lifecycle import TRANSITIONS, InvalidTransition, Trigger, advance
 from workers.testing_redis import RedisServer, find_redis_server
 
-TIMEOUT_S = 10
 Make = Callable[..., Any]
-
-
-def gen(prompt: str = "registry", max_tokens: int = 8, **extra: Any) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, seed=3, **extra)
-
-
-async def read_all(stream: AsyncIterator[bytes]) -> bytes:
-    async with asyncio.timeout(TIMEOUT_S):
-        return b"".join([block async for block in stream])
-
-
-def events_of(raw: bytes) -> list[SSEEvent]:
-    events, issues = parse_stream(raw, strict=True)
-    assert not issues, issues
-    return events
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
 
 
 def final(events: list[SSEEvent]) -> tuple[str, dict[str, object]]:
@@ -139,7 +116,9 @@ async def test_replay_to_two_readers_identical(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.005))
     job = await registry.submit(gen(max_tokens=12))
     first_task = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
-    await wait_until(lambda: job.token_index >= 3)  # the second reader joins mid-generation
+    await wait_until_async(
+        lambda: job.token_index >= 3, "three tokens generated"
+    )  # the second reader joins mid-generation
     second = await read_all(await registry.open_stream(job.id, None))
     first = await first_task
     assert first == second
@@ -223,7 +202,9 @@ async def test_core_caps_max_tokens_of_an_engine_that_ignores_it(make_registry: 
     events = events_of(await read_all(await registry.open_stream(job.id, None)))
     assert "".join(t["text"] for t in tokens_of(events)) == "abcde"
     assert final(events) == ("end", {"tokens_out": 5, "stop_reason": "max_tokens"})
-    await wait_until(lambda: engine.closed == 1)  # the core closed the engine's iterator
+    await wait_until_async(
+        lambda: engine.closed == 1, "the engine's iterator closed"
+    )  # the core closed the engine's iterator
     assert engine.yielded == 5
 
 
@@ -235,7 +216,7 @@ async def test_core_truncates_at_a_stop_string_spanning_chunks(make_registry: Ma
     events = events_of(await read_all(await registry.open_stream(job.id, None)))
     assert "".join(t["text"] for t in tokens_of(events)) == "Hello, "
     assert final(events) == ("end", {"tokens_out": 13, "stop_reason": "stop"})
-    await wait_until(lambda: engine.closed == 1)
+    await wait_until_async(lambda: engine.closed == 1, "the core closing the engine's iterator")
     assert (await registry.get(job.id)).stop_reason == "stop"
 
 
@@ -271,7 +252,7 @@ async def test_cancel_while_running(make_registry: Make) -> None:
     registry = make_registry(MockEngine(token_delay_s=0.02))
     job = await registry.submit(gen(max_tokens=1000))
     reader = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
-    await wait_until(lambda: job.token_index >= 2)
+    await wait_until_async(lambda: job.token_index >= 2, "two tokens generated")
     cancelled = await registry.cancel(job.id)
     assert cancelled.state == "cancelled"
     events = events_of(await reader)
@@ -292,7 +273,7 @@ async def test_cancel_while_queued(make_registry: Make) -> None:
     blocker = await registry.submit(gen(max_tokens=1000))
     waiting = await registry.submit(gen(prompt="second", max_tokens=5))
     reader = asyncio.create_task(read_all(await registry.open_stream(waiting.id, None)))
-    await wait_until(lambda: blocker.state == "running")
+    await wait_until_async(lambda: blocker.state == "running", "the first job running")
     assert (await registry.get(waiting.id)).state == "queued"
     assert registry.queued == 1
     await registry.cancel(waiting.id)
@@ -335,7 +316,7 @@ async def test_shutdown_ends_running_jobs_with_error(make_registry: Make) -> Non
     registry = make_registry(MockEngine(token_delay_s=0.02))
     job = await registry.submit(gen(max_tokens=1000))
     reader = asyncio.create_task(read_all(await registry.open_stream(job.id, None)))
-    await wait_until(lambda: job.token_index >= 1)
+    await wait_until_async(lambda: job.token_index >= 1, "a token generated")
     registry.begin_shutdown()
     events = events_of(await reader)
     event, data = final(events)
@@ -460,7 +441,7 @@ async def test_ttl_reclaims_unattached_jobs(local: Callable[..., InProcessRegist
     with pytest.raises(UnknownJob):
         registry.job(job.id)
     assert registry.job(attached.id) is attached  # a reader attached: not reclaimed as unattached
-    await wait_until(lambda: job.task is not None and job.task.done())
+    await wait_until_async(lambda: job.task is not None and job.task.done(), "the reclaimed job's task ended")
     assert job.final_event_id is None  # reclaimed, not ended: nobody reads it
     assert registry.counters["jobs_reclaimed"] == 1
     assert registry.counters["jobs_cancelled"] == 0
@@ -501,7 +482,7 @@ async def test_sweeper_runs_in_background(local: Callable[..., InProcessRegistry
     registry = local(job_ttl_s=0.1)
     registry.start()
     job = registry.submit_now(gen(max_tokens=1))
-    await wait_until(lambda: len(registry) == 0, timeout_s=5)
+    await wait_until_async(lambda: len(registry) == 0, "the sweeper reclaiming the job")
     with pytest.raises(UnknownJob):
         registry.job(job.id)
 

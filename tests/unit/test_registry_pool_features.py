@@ -9,15 +9,15 @@ are sent elsewhere.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from helpers import gen, read_all
 
 from conformance.sse import parse_stream
 from workers.config import WorkerSettings
-from workers.engines.base import GenerationRequest
 from workers.engines.mock import MockEngine
 from workers.idempotency import MalformedKey, fingerprint, from_header, parse_key
 from workers.metrics import JobMetrics
@@ -36,17 +36,8 @@ TIMEOUT_S = 10
 Make = Callable[..., Any]
 
 
-def gen(prompt: str = "pool", max_tokens: int = 8) -> GenerationRequest:
-    return GenerationRequest(prompt=prompt, max_tokens=max_tokens, temperature=0)
-
-
 def key(name: str, body: bytes = b'{"prompt": "pool"}') -> Idempotency:
     return Idempotency(key=name, fingerprint=fingerprint(body))
-
-
-async def read_all(stream: AsyncIterator[bytes]) -> bytes:
-    async with asyncio.timeout(TIMEOUT_S):
-        return b"".join([block async for block in stream])
 
 
 @pytest.fixture(scope="module")

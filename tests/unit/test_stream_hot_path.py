@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import gen
 
 from conformance.sse import parse_stream
 from workers import sse
@@ -14,15 +15,11 @@ from workers.config import WorkerSettings
 from workers.engines.base import Chunk, EngineHealth, GenerationRequest
 from workers.engines.mock import VOCABULARY, MockEngine
 from workers.metrics import JobMetrics
-from workers.registry.in_process import InProcessRegistry, Job
+from workers.registry.in_process import CLOCK_SLACK_S, InProcessRegistry, Job
 from workers.registry.lifecycle import EventKind
 from workers.schemas import TokenData
 
 TIMEOUT_S = 10
-
-
-def gen(max_tokens: int = 8) -> GenerationRequest:
-    return GenerationRequest(prompt="hot path", max_tokens=max_tokens, seed=1)
 
 
 @pytest.mark.parametrize("text", [*VOCABULARY, "", "x" * 300])
@@ -57,15 +54,15 @@ async def test_a_cancelled_waiter_does_not_disturb_the_others() -> None:
 
 
 class StallingEngine:
-    """Two tokens at once, then silence for ``stall_s``, then two more."""
+    """Two tokens at once, then silence until ``resume`` is set, then two more."""
 
     name = "stalling"
     model = "stalling"
     deterministic = True
     max_concurrency = 1
 
-    def __init__(self, stall_s: float) -> None:
-        self.stall_s = stall_s
+    def __init__(self) -> None:
+        self.resume = asyncio.Event()
 
     async def start(self) -> None:
         pass
@@ -79,28 +76,41 @@ class StallingEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         yield Chunk("a")
         yield Chunk("b")
-        await asyncio.sleep(self.stall_s)
+        await self.resume.wait()
         yield Chunk("c")
         yield Chunk("d", stop_reason="max_tokens")
 
 
 @pytest.mark.asyncio
 async def test_keepalive_after_events_when_the_engine_stalls() -> None:
-    registry = InProcessRegistry(StallingEngine(0.3), WorkerSettings(keepalive_s=0.05), JobMetrics())  # type: ignore[arg-type]
+    keepalive_s = 0.05
+    engine = StallingEngine()
+    registry = InProcessRegistry(engine, WorkerSettings(keepalive_s=keepalive_s), JobMetrics())  # type: ignore[arg-type]
     registry.start()
+    loop = asyncio.get_running_loop()
+    blocks: list[bytes] = []
+    last_block_at: float | None = None  # when the last token before the stall arrived, then each keep-alive
+    gaps: list[float] = []  # from that token to the first keep-alive, then between keep-alives
     try:
-        job = registry.submit_now(gen(4))
-        blocks: list[bytes] = []
-        async with asyncio.timeout(TIMEOUT_S):
+        job = registry.submit_now(gen(max_tokens=4))
+        async with asyncio.timeout(TIMEOUT_S):  # a stream that never sends a keep-alive fails here
             async for block in await registry.open_stream(job.id, None):
                 blocks.append(block)
+                if b'"text":"b"' in block:
+                    last_block_at = loop.time()
+                elif block == sse.KEEPALIVE and last_block_at is not None:
+                    gaps.append(loop.time() - last_block_at)
+                    last_block_at = loop.time()
+                    if len(gaps) == 2:
+                        engine.resume.set()  # the engine stalls until two keep-alives went out
     finally:
         await registry.close()
     raw = b"".join(blocks)
-    first_keepalive = raw.index(sse.KEEPALIVE)
-    assert raw.index(b'"text":"b"') < first_keepalive < raw.index(b'"text":"c"')
-    # at most one comment per interval: the 0.3 s stall yields a handful, not hundreds
-    assert 2 <= raw.count(sse.KEEPALIVE) <= 10
+    stall = raw[raw.index(b'"text":"b"') : raw.index(b'"text":"c"')]
+    assert stall.count(sse.KEEPALIVE) >= 2  # keep-alives go out while the job is idle
+    # at most one comment per interval: each comes a full interval after the previous block, however
+    # long the stall lasted on this machine
+    assert min(gaps) >= keepalive_s - CLOCK_SLACK_S, gaps
     events, issues = parse_stream(raw, strict=True)
     assert not issues
     assert [e.event for e in events] == ["started", "token", "token", "token", "token", "end", "message"]
@@ -111,7 +121,7 @@ async def test_many_readers_of_a_live_job_get_identical_streams() -> None:
     registry = InProcessRegistry(MockEngine(token_delay_s=0.001), WorkerSettings(), JobMetrics())
     registry.start()
     try:
-        job = registry.submit_now(gen(50))
+        job = registry.submit_now(gen(max_tokens=50))
 
         async def read() -> bytes:
             return b"".join([block async for block in await registry.open_stream(job.id, None)])
