@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from helpers import free_port
 from junitparser import Failure, JUnitXml, TestSuite
 from workerproc import WorkerProcess
 
@@ -94,12 +95,6 @@ def junit_failures(path: Path) -> list[str]:
 def flat(text: str) -> str:
     """Console text without rich's panel borders and line wrapping, for substring checks."""
     return re.sub(r"\s+", " ", text.replace("│", " "))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------ fixtures

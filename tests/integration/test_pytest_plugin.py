@@ -7,11 +7,11 @@ loaded the way a user's pytest loads it: through the installed entry point.
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from junitparser import JUnitXml, Skipped, TestSuite
 from workerproc import WorkerProcess
 
@@ -51,12 +51,6 @@ def skipped_by_id(junit_path: Path) -> dict[str, str]:
                 if isinstance(result, Skipped):
                     skipped[case.name] = result.message or ""
     return skipped
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_mock_every_dualcall_item_passes(pytester: pytest.Pytester, fast_mock: WorkerProcess) -> None:
