@@ -3,16 +3,26 @@
 `tests/` has no ``__init__.py``; pytest (rootdir conftest, default ``prepend`` import mode) puts
 this directory on ``sys.path``, so test modules import the shared helpers as ``from helpers import ...``
 (ports, jobs, streams, waiting for events) and ``from workerproc import WorkerProcess``.
+
+The repository root is appended (not prepended) to ``sys.path``: `benchmarks` lives beside the
+package, outside the wheel the tests run against, while `workers` and `conformance` still come from
+the installed wheel, which is earlier on the path.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from workerproc import WorkerProcess
 
 StartWorker = Callable[..., WorkerProcess]
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
 
 
 @pytest.fixture(scope="session")
