@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broken_workers.defects import AUTH_TOKEN, VARIANTS
@@ -29,6 +30,7 @@ from workerproc import WorkerProcess
 
 from conformance.context import Options
 from conformance.model import CheckResult
+from conformance.probe import Probe
 from conformance.runner import RunConfig, run
 
 pytestmark = pytest.mark.slow
@@ -152,3 +154,38 @@ def test_auth_and_ttl_leave_nothing_unverified_but_what_speed_hides(outcomes: di
     """With auth on, a short TTL and keep-alive, only checks that need a slow job may stay unverified."""
     speed_bound = {"DC-JOB-002", "DC-SUBMIT-011", "DC-SUBMIT-012", "DC-STREAM-013"}
     assert outcomes["mock-auth"].unverified <= speed_bound, sorted(outcomes["mock-auth"].unverified)
+
+
+def test_one_reader_worker_is_not_failed_when_the_staying_reader_attaches_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DC-LIFE-003's staying reader reads in a thread. A scheduler that runs that thread only once a
+    dropping reader holds the stream must not turn the worker's rightful 409 for whichever reader
+    came second (DC-2.10) into a failure."""
+    stream = Probe.stream
+    main_reader_attached = threading.Event()
+    threaded_reads: list[str] = []
+
+    def scheduled_late(self: Probe, url: str, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            if kwargs.get("on_event") is None:
+
+                def attached(_capture: object, _event: object) -> bool:
+                    main_reader_attached.set()
+                    return False
+
+                kwargs["on_event"] = attached
+        elif not threaded_reads:
+            threaded_reads.append(url)
+            main_reader_attached.wait(2.0)  # bounded: a check that waits for this thread gets it after 2 s
+        return stream(self, url, **kwargs)
+
+    monkeypatch.setattr(Probe, "stream", scheduled_late)
+    # 256 tokens at 10 ms: the job is still running while the droppers try to attach
+    args = ("--token-delay-ms", "10", "--ttl-s", "2", "--keepalive-s", "1", "--max-tokens-cap", "256")
+    with VariantWorker("one-reader-409", *args) as worker:
+        report = run(RunConfig(target=worker.url, options=OPTIONS, only=frozenset({"DC-LIFE-003"}), fuzz=False))
+    assert threaded_reads, "the staying reader was expected to read in a thread"
+    (result,) = report.results
+    assert result.outcome == "passed", _describe(0, result)
+    assert "409" in result.message, result.message
