@@ -2,7 +2,8 @@
 
 The legacy worker fails the gate on its own (tests/integration/test_legacy_worker.py); behind
 ``dualcall-worker gateway --upstream-api legacy`` the same server passes it, with auth on and a
-short TTL so that no MUST rule stays unverified.
+short TTL and a legacy server slow enough (1 ms a token) for a DELETE to land while a job runs,
+so that no MUST rule stays unverified.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def wait_health(client: httpx.Client, url: str, status: int) -> httpx.Response:
 
 def test_gateway_to_legacy_passes_the_whole_suite() -> None:
     with (
-        WorkerProcess("legacy", start_timeout_s=START_S) as legacy,
+        # 1 ms a token: a 4096-token job outlasts the round trip of DC-JOB-002's DELETE (MUST, --require-all)
+        WorkerProcess("legacy", "--token-delay-ms", "1", start_timeout_s=START_S) as legacy,
         gateway(legacy.url, "--ttl-s", "2", "--keepalive-s", "1", "--auth-token", TOKEN) as worker,
     ):
         done = subprocess.run(
