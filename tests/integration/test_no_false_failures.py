@@ -177,7 +177,7 @@ def test_one_reader_worker_is_not_failed_when_the_staying_reader_attaches_late(
                 kwargs["on_event"] = attached
         elif not threaded_reads:
             threaded_reads.append(url)
-            main_reader_attached.wait(2.0)  # bounded: a check that waits for this thread gets it after 2 s
+            main_reader_attached.wait(2.0)  # bounded: the read goes ahead even if no other reader attaches
         return stream(self, url, **kwargs)
 
     monkeypatch.setattr(Probe, "stream", scheduled_late)
