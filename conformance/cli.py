@@ -3,8 +3,9 @@
 Exit codes: 0 every MUST check passed (and every SHOULD check with ``--level should``);
 1 a check failed (or, with ``--require-all``, a MUST check could not be verified), or the target
 is not a dual-call worker; 2 usage error, or a target the suite cannot test as given (no HTTP,
-not a worker's base URL, a bearer token needed); 3 the suite itself broke (a bug in a check or
-its own broken installation: the report's traceback is for a bug report, not about the worker).
+not a worker's base URL, a bearer token needed); 3 the suite itself broke (a bug in a check, its
+own broken installation, or schemathesis breaking inside a fuzz phase: the report's traceback is
+for a bug report, not about the worker).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from conformance.model import CheckResult, CheckSpec, Exchange, Level, Outcome, 
 from conformance.probe import BudgetSpent, Probe, TargetUnreachable, TargetUnusable
 from conformance.recognition import Recognition, recognise
 from conformance.registry import AREAS, Check
-from conformance.verdicts import CheckFailed, CheckUnverified, Passed
+from conformance.verdicts import CheckFailed, CheckUnverified, Passed, SuiteBroke
 
 #: fuzz examples per operation unless ``--max-examples`` says otherwise
 DEFAULT_MAX_EXAMPLES = 25
@@ -80,6 +80,11 @@ def unknown_ids(ids: Sequence[str]) -> list[str]:
     return [check_id for check_id in ids if check_id not in known]
 
 
+#: what an ``error`` outcome says when a library the suite drives (or the interpreter) broke
+SUITE_FAULT = (
+    "not a finding about the worker: the suite could not run this check to its end; run it again, and if "
+    "it breaks again please report it with the traceback from the JSON report (--json)"
+)
 #: what an ``error`` outcome says besides the exception
 SUITE_BUG = (
     "this is a bug in the conformance suite, not a finding about the worker: please report it "
@@ -233,6 +238,9 @@ def run_check(check: Check, ctx: Context, threshold: Threshold, *, until: float 
             shown, timing = exc.exchanges, exc.timing
         except CheckUnverified as exc:
             outcome, message, how_to_verify = "unverified", exc.reason, exc.how_to_verify
+        except SuiteBroke as exc:
+            outcome, message, trace = "error", exc.message, exc.trace
+            details = [*exc.details, SUITE_FAULT]
         except BudgetSpent:
             outcome = "unverified"
             message = f"the check used up its time budget of {check_budget_s(ctx.options):g} s before it could decide"

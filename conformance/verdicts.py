@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from conformance.model import Exchange
 
-__all__ = ["CheckFailed", "CheckUnverified", "Passed"]
+__all__ = ["CheckFailed", "CheckUnverified", "Passed", "SuiteBroke"]
 
 
 class CheckFailed(Exception):
@@ -42,6 +42,20 @@ class CheckUnverified(Exception):
         super().__init__(reason)
         self.reason = reason
         self.how_to_verify = how_to_verify
+
+
+class SuiteBroke(Exception):
+    """Something inside the suite broke (a library it drives, the interpreter) before the check saw
+    evidence either way: the check's outcome is ``error``, never a failure of the worker.
+
+    ``trace`` is the traceback of what broke, for the JSON report.
+    """
+
+    def __init__(self, message: str, *details: str, trace: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+        self.trace = trace
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ the installed wheel, which is earlier on the path.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,34 @@ StartWorker = Callable[..., WorkerProcess]
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
+
+
+def _loggers() -> list[logging.Logger]:
+    known = logging.Logger.manager.loggerDict.values()
+    return [logging.getLogger(), *(item for item in known if isinstance(item, logging.Logger))]
+
+
+def _owned_by_pytest(handler: logging.Handler) -> bool:
+    return type(handler).__module__.startswith("_pytest")
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that runs a CLI's ``main()`` in-process configures logging for the whole process, with
+    handlers writing to the test's captured stderr; once that capture is closed, every later log
+    record (httpx logs each request) would print a "Logging error" traceback, from whatever thread
+    logged it. Each test gives the process's logging back as it found it (pytest's own capture
+    handlers, which pytest attaches and removes around each phase, are left to pytest)."""
+    saved = {
+        id(logger): ([h for h in logger.handlers if not _owned_by_pytest(h)], logger.level, logger.propagate)
+        for logger in _loggers()
+    }
+    yield
+    for logger in _loggers():
+        handlers, level, propagate = saved.get(id(logger), ([], logging.NOTSET, True))
+        logger.handlers[:] = [*handlers, *(h for h in logger.handlers if _owned_by_pytest(h))]
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

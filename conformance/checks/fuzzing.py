@@ -9,7 +9,7 @@ from conformance.context import Context
 from conformance.fuzz import FuzzVerdict
 from conformance.fuzz.run import fuzz_target
 from conformance.registry import check
-from conformance.verdicts import CheckFailed, CheckUnverified, Passed
+from conformance.verdicts import CheckFailed, CheckUnverified, Passed, SuiteBroke
 
 
 def _verdict(ctx: Context, check_id: str) -> FuzzVerdict:
@@ -28,6 +28,8 @@ def _report(ctx: Context, check_id: str) -> Passed:
         raise CheckFailed(verdict.message, *verdict.details, exchanges=verdict.exchanges)
     if verdict.outcome == "unverified":
         raise CheckUnverified(verdict.message, verdict.how_to_verify)
+    if verdict.outcome == "error":
+        raise SuiteBroke(verdict.message, *verdict.details, trace=verdict.traceback)
     return Passed(verdict.message, verdict.details)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -117,10 +118,11 @@ def _fuzz(
             max_tokens_cap=ctx.advertised_cap,
             reachable=_reachable(ctx),
         )
-    except Exception as exc:
-        reason = f"schemathesis could not fuzz {base_url}: {describe_error(exc)}"
+    except Exception as exc:  # outside any phase: loading schemathesis or the contract, the suite's own
+        reason = f"the suite could not fuzz {base_url}: {describe_error(exc)}"
+        trace = traceback.format_exc()
         for tally in session.tallies.values():
-            tally.aborted = tally.aborted or reason
+            tally.broke(reason, trace)
     finally:
         summary = _finish_reads(session)
         with contextlib.suppress(Exception):
@@ -145,7 +147,7 @@ def _fuzz(
     # Loading schemathesis and the contract, and cleaning up, count toward the first check.
     t1.seconds += max(0.0, time.monotonic() - started - t1.seconds - t2.seconds - t3.seconds - t4.seconds)
     linked = sorted(t3.operations - {SUBMIT})
-    if not t3.aborted and not t3.findings and not linked:
+    if not t3.aborted and t3.suite_error is None and not t3.findings and not linked:
         t3.unobserved = (
             "no link was followed: no fuzzed submit answered 202 with a job_id "
             "that the stream/status/cancel links could use"
@@ -184,7 +186,8 @@ def _finish_reads(session: FuzzSession) -> ReadSummary | None:
     try:
         summary = session.reader.finish(_READ_GRACE_S)
     except Exception as exc:
-        tally.aborted = f"the streams of the accepted jobs could not be read: {describe_error(exc)}"
+        reason = f"the suite could not read the accepted jobs' streams: {describe_error(exc)}"
+        tally.broke(reason, traceback.format_exc())
         return None
     finally:
         tally.seconds += time.monotonic() - started
@@ -216,7 +219,7 @@ def _finish_reads(session: FuzzSession) -> ReadSummary | None:
 def _reads_verdict(tally: Tally, summary: ReadSummary | None) -> FuzzVerdict:
     ended = summary.ended_by_source() if summary is not None else Counter[str]()
     total = sum(ended.values())
-    if tally.aborted is None and not tally.findings and total == 0:
+    if tally.aborted is None and tally.suite_error is None and not tally.findings and total == 0:
         notes = "; ".join(tally.notes) or "no fuzzed submission with a valid body was accepted with 202"
         message = f"no accepted valid submission was read to its end ({notes})"
         return FuzzVerdict(

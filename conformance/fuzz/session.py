@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +37,6 @@ ACCEPTANCE_CHECKS: Final = ("not_a_server_error", "positive_data_acceptance", "n
 PROGRESS_EVERY: Final = 10
 #: requests in a row without a response after which the run stops (the target is down or hangs)
 MAX_CONSECUTIVE_FAILURES: Final = 3
-#: pseudo-check name for a schemathesis check that could not run
-_INTERNAL: Final = "schemathesis_error"
 _FUZZ_SOURCES: Final = {"DC-FUZZ-001": "generated", "DC-FUZZ-003": "stateful"}
 #: the statuses that say an operation is not served at all (on every request to it)
 NOT_SERVED: Final = frozenset({404, 405})
@@ -82,18 +81,29 @@ class FuzzSession:
         return bool(seen) and set(seen) <= NOT_SERVED
 
     def guard(self, check_ids: tuple[str, ...], phase: str, action: Callable[[], None]) -> None:
-        """Run one phase; an error of schemathesis or hypothesis fails only the checks that phase feeds.
+        """Run one phase; an error of schemathesis, hypothesis or the interpreter is the suite's, not the worker's.
 
-        The phase's time counts toward the first of ``check_ids``.
+        A phase that breaks is run once more (some breakages are transient, such as CPython 3.11's
+        race between threads building ASTs); if it breaks again, the checks it feeds report a suite
+        error instead of a verdict they have no evidence for. The phase's time counts toward the
+        first of ``check_ids``.
         """
         started = time.monotonic()
         try:
-            action()
-        except Exception as exc:
-            reason = f"schemathesis could not run the {phase}: {describe_error(exc)}"
-            for check_id in check_ids:
-                tally = self.tallies[check_id]
-                tally.aborted = tally.aborted or reason
+            for attempt in (1, 2):
+                try:
+                    action()
+                    return
+                except Exception as exc:
+                    reason = f"schemathesis broke in the {phase}: {describe_error(exc)}"
+                    if attempt == 1 and self.time_left():
+                        self.progress(f"fuzz: {reason}; running the phase again")
+                        for check_id in check_ids:
+                            self.tallies[check_id].notes.append(f"{reason}; the phase was run again")
+                        continue
+                    trace = traceback.format_exc()
+                    for check_id in check_ids:
+                        self.tallies[check_id].broke(reason, trace)
         finally:
             self.tallies[check_ids[0]].seconds += time.monotonic() - started
 
@@ -155,12 +165,9 @@ class FuzzSession:
                     self.record_failure(
                         check_id_for(name), name, case=case, status=response.status_code, failure=failure, ex=exchange
                     )
-            except Exception as exc:
-                exchange = exchange or exchange_from_response(response, case, self.base_url)
-                note = Note(f"schemathesis could not run {name}", describe_error(exc))
-                self.record_failure(
-                    check_id_for(name), _INTERNAL, case=case, status=response.status_code, failure=note, ex=exchange
-                )
+            except Exception as exc:  # the check itself broke: no evidence either way about this response
+                reason = f"schemathesis' {name} check broke on a {response.status_code} response: {describe_error(exc)}"
+                self.tallies[check_id_for(name)].broke(reason, traceback.format_exc())
 
     def call(self, check_id: str, case: Any) -> Any | None:
         """Send ``case``; a transport failure becomes a finding and ``None``."""

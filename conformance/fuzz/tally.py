@@ -54,12 +54,14 @@ class FuzzVerdict:
     """How one fuzz check came out (the check in `conformance.checks.fuzzing` reports it)."""
 
     id: str
-    outcome: Literal["passed", "failed", "unverified"]
+    outcome: Literal["passed", "failed", "unverified", "error"]
     message: str
     exchanges: list[Exchange] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     how_to_verify: str = ""
     seconds: float = 0.0
+    #: for an ``error``: the traceback of what broke inside the suite
+    traceback: str = ""
 
 
 @dataclass(slots=True)
@@ -70,7 +72,11 @@ class Tally:
     operations: set[str] = field(default_factory=set)
     findings: dict[tuple[str, str, int | None], Finding] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: why the run stopped for a reason about the target (unreachable, no response to requests in a row)
     aborted: str | None = None
+    #: what broke inside the suite (schemathesis, hypothesis, the interpreter): never the target's fault
+    suite_error: str | None = None
+    suite_trace: str = ""
     #: why nothing the check judges was observed (its verdict is unverified, whatever else happened)
     unobserved: str | None = None
     seconds: float = 0.0
@@ -84,8 +90,14 @@ class Tally:
         else:
             seen.count += 1
 
+    def broke(self, reason: str, trace: str) -> None:
+        """Something inside the suite broke while this check was being fed (the first reason is kept)."""
+        if self.suite_error is None:
+            self.suite_error, self.suite_trace = reason, trace
+
     def verdict(self, check_id: str, clean_message: str) -> FuzzVerdict:
-        """Failed on a finding or an aborted phase; passed with ``clean_message`` otherwise."""
+        """Failed on a finding or an aborted run; an error where the suite broke before it saw one;
+        passed with ``clean_message`` otherwise."""
         findings = list(self.findings.values())
         details = [finding.line(index) for index, finding in enumerate(findings[:MAX_DETAILS], start=1)]
         if len(findings) > MAX_DETAILS:
@@ -101,11 +113,17 @@ class Tally:
                 how_to_verify="a worker that serves POST /v1/inference and the job routes",
                 seconds=self.seconds,
             )
+        if self.suite_error is not None:
+            details.append(f"the suite broke while fuzzing, not the worker: {self.suite_error}")
         if self.aborted is not None:
             message = self.aborted
             if any(finding.check != TRANSPORT for finding in findings):
                 message += f"; {len(findings)} distinct finding(s) before that"
             return FuzzVerdict(check_id, "failed", message, exchanges, details, seconds=self.seconds)
+        if self.suite_error is not None and not findings:
+            return FuzzVerdict(
+                check_id, "error", self.suite_error, [], details[:-1], seconds=self.seconds, traceback=self.suite_trace
+            )
         if findings:
             checks = sorted({finding.check for finding in findings})
             occurrences = sum(finding.count for finding in findings)

@@ -433,5 +433,3 @@ def test_auth_token_from_environment(auth_mock: WorkerProcess, tmp_path: Path) -
         "DC-SUBMIT-001": "passed",
         "DC-STREAM-007": "passed",
     }
-
-

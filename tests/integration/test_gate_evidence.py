@@ -253,6 +253,87 @@ def test_the_suites_broken_install_is_a_suite_error(mock: WorkerProcess, tmp_pat
     assert "pip install" in " ".join(check["evidence"]["details"])
 
 
+#: what CPython 3.11 raises when two threads build ASTs at once (hypothesis and a traceback, say)
+AST_RACE = "SystemError('AST constructor recursion depth mismatch (before=183, after=79)')"
+FUZZ_CHECKS = "DC-FUZZ-001,DC-FUZZ-002,DC-FUZZ-003,DC-FUZZ-004"
+
+
+def _break_stateful_phase(times: int) -> str:
+    """The stateful fuzz phase raises inside the suite on its first ``times`` runs."""
+    return f"""
+        import sys
+        from conformance.fuzz import phases
+
+        real, runs = phases._run_stateful, []
+
+        def breaking(*args, **kwargs):
+            runs.append(1)
+            if len(runs) <= {times}:
+                raise {AST_RACE}
+            return real(*args, **kwargs)
+
+        phases._run_stateful = breaking
+    """
+
+
+def test_fuzzing_that_breaks_inside_the_suite_is_a_suite_error(mock: WorkerProcess, tmp_path: Path) -> None:
+    args, json_path, _, _ = reports(tmp_path)
+    done = gate(mock.url, "--checks", FUZZ_CHECKS, "--max-examples", "3", *args, code=_break_stateful_phase(2))
+    assert done.returncode == EXIT_SUITE_ERROR, explain(done)
+    assert "not a finding about the worker" in done.stdout, explain(done)
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    checks = {check["id"]: check for check in report["checks"]}
+    stateful = checks["DC-FUZZ-003"]
+    assert stateful["outcome"] == "error", stateful
+    assert "schemathesis broke in the stateful link fuzzing: SystemError" in stateful["message"]
+    assert "AST constructor recursion depth mismatch" in stateful["traceback"]
+    assert stateful["evidence"]["exchanges"] == []
+    # the phases that ran are judged on what they saw
+    assert {checks[i]["outcome"] for i in ("DC-FUZZ-001", "DC-FUZZ-002", "DC-FUZZ-004")} == {"passed"}, checks
+    assert report["summary"]["failed"] == 0 and report["summary"]["errors"] == 1
+
+
+def test_a_fuzz_phase_that_breaks_once_is_run_again(mock: WorkerProcess, tmp_path: Path) -> None:
+    args, json_path, _, _ = reports(tmp_path)
+    done = gate(mock.url, "--checks", FUZZ_CHECKS, "--max-examples", "3", *args, code=_break_stateful_phase(1))
+    assert done.returncode == 0, explain(done)
+    checks = {check["id"]: check for check in json.loads(json_path.read_text(encoding="utf-8"))["checks"]}
+    stateful = checks["DC-FUZZ-003"]
+    assert stateful["outcome"] == "passed", stateful
+    assert "stateful scenarios following submit's links" in stateful["message"]
+    assert any("the phase was run again" in line for line in stateful["evidence"]["details"]), stateful
+
+
+def test_a_schemathesis_check_that_breaks_is_a_suite_error(mock: WorkerProcess, tmp_path: Path) -> None:
+    code = """
+        import sys
+        import schemathesis.checks
+
+        real = schemathesis.checks.CHECKS
+
+        def broken(case, response, *args, **kwargs):
+            raise RuntimeError("planted inside use_after_free")
+
+        class Checks:
+            def get_one(self, name):
+                return broken if name == "use_after_free" else real.get_one(name)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        schemathesis.checks.CHECKS = Checks()
+    """
+    args, json_path, _, _ = reports(tmp_path)
+    done = gate(mock.url, "--checks", FUZZ_CHECKS, "--max-examples", "3", *args, code=code)
+    assert done.returncode == EXIT_SUITE_ERROR, explain(done)
+    report = json.loads(json_path.read_text(encoding="utf-8"))
+    checks = {check["id"]: check for check in report["checks"]}
+    stateful = checks["DC-FUZZ-003"]
+    assert stateful["outcome"] == "error", stateful
+    assert "use_after_free check broke" in stateful["message"] and "planted inside" in stateful["message"]
+    assert report["summary"]["failed"] == 0
+
+
 def test_the_mock_refuses_number_literals_that_are_not_json(mock: WorkerProcess, tmp_path: Path) -> None:
     args, json_path, _, _ = reports(tmp_path)
     done = gate(mock.url, "--no-fuzz", "--checks", "DC-SUBMIT-013", *args)

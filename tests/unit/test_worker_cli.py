@@ -3,9 +3,6 @@ and the bearer token comes from ``$DUALCALL_TOKEN`` (``$DUALCALL_AUTH_TOKEN`` st
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 
 from workers import __version__
@@ -143,15 +140,3 @@ def test_flag_wins_over_the_environment(clean_env: pytest.MonkeyPatch) -> None:
 def test_no_token_means_auth_off(clean_env: pytest.MonkeyPatch) -> None:
     assert _auth_token(clean_env, ["mock"]) is None
     assert settings_from_args(build_parser().parse_args(["mock"])).auth_token is None
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures logging for the whole process; give the test process its own back."""
-    loggers = [logging.getLogger(name) for name in ("", "workers", "uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    yield
-    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
