@@ -44,6 +44,15 @@ NOT_SERVED: Final = frozenset({404, 405})
 _CANCEL_BUDGET_S: Final = 5.0
 
 
+def _attempt(action: Callable[[], None], phase: str) -> tuple[str, str] | None:
+    """Run ``action``; what broke inside it (reason, traceback), or None."""
+    try:
+        action()
+    except Exception as exc:
+        return f"schemathesis broke in the {phase}: {describe_error(exc)}", traceback.format_exc()
+    return None
+
+
 class FuzzSession:
     """State shared by the phases of one fuzz run: tallies, budget, accepted jobs, the stream reader."""
 
@@ -90,20 +99,16 @@ class FuzzSession:
         """
         started = time.monotonic()
         try:
-            for attempt in (1, 2):
-                try:
-                    action()
-                    return
-                except Exception as exc:
-                    reason = f"schemathesis broke in the {phase}: {describe_error(exc)}"
-                    if attempt == 1 and self.time_left():
-                        self.progress(f"fuzz: {reason}; running the phase again")
-                        for check_id in check_ids:
-                            self.tallies[check_id].notes.append(f"{reason}; the phase was run again")
-                        continue
-                    trace = traceback.format_exc()
-                    for check_id in check_ids:
-                        self.tallies[check_id].broke(reason, trace)
+            broken = _attempt(action, phase)
+            if broken is not None and self.time_left():
+                reason, _trace = broken
+                self.progress(f"fuzz: {reason}; running the phase again")
+                for check_id in check_ids:
+                    self.tallies[check_id].notes.append(f"{reason}; the phase was run again")
+                broken = _attempt(action, phase)
+            if broken is not None:
+                for check_id in check_ids:
+                    self.tallies[check_id].broke(*broken)
         finally:
             self.tallies[check_ids[0]].seconds += time.monotonic() - started
 

@@ -114,16 +114,16 @@ class Tally:
                 seconds=self.seconds,
             )
         if self.suite_error is not None:
+            if self.aborted is None and not findings:
+                return FuzzVerdict(
+                    check_id, "error", self.suite_error, [], details, seconds=self.seconds, traceback=self.suite_trace
+                )
             details.append(f"the suite broke while fuzzing, not the worker: {self.suite_error}")
         if self.aborted is not None:
             message = self.aborted
             if any(finding.check != TRANSPORT for finding in findings):
                 message += f"; {len(findings)} distinct finding(s) before that"
             return FuzzVerdict(check_id, "failed", message, exchanges, details, seconds=self.seconds)
-        if self.suite_error is not None and not findings:
-            return FuzzVerdict(
-                check_id, "error", self.suite_error, [], details[:-1], seconds=self.seconds, traceback=self.suite_trace
-            )
         if findings:
             checks = sorted({finding.check for finding in findings})
             occurrences = sum(finding.count for finding in findings)
